@@ -1,0 +1,17 @@
+"""gptjax: GPT-2 fine-tuning in JAX and Flax NNX."""
+
+from gptjax.hf import CheckpointError, from_pretrained, save_pretrained
+from gptjax.model import GPT2, HEADS, SIZES, GPT2Config, abstract_model, count_params, init_model
+
+__all__ = [
+    "GPT2",
+    "GPT2Config",
+    "HEADS",
+    "SIZES",
+    "CheckpointError",
+    "abstract_model",
+    "count_params",
+    "from_pretrained",
+    "init_model",
+    "save_pretrained",
+]

@@ -1,0 +1,364 @@
+"""GPT-2 in Flax NNX, with the task heads fine-tuning needs.
+
+Parameter names mirror Hugging Face's GPT-2 (`transformer.wte`, `transformer.h.attn.c_attn`, ...),
+so hf.py converts checkpoints with a plain key map. The blocks are stacked: every parameter under
+`transformer.h` has a leading [n_layer] axis, and the forward pass scans over it, because XLA
+compiles (and, on CPU, runs the backward of) one scanned block far better than n_layer unrolled
+copies (DESIGN.md, "Measured on these machines").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+HEADS = ("token_classification", "sequence_classification", "causal_lm")
+
+# The activations Hugging Face's GPT2Config may name. "gelu_new" (GPT-2's own) is the tanh
+# approximation; "gelu" is the exact erf form.
+ACTIVATIONS = {
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    """The architecture of a GPT-2; field names and defaults are Hugging Face's (gpt2 size)."""
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None  # None: 4 * n_embd
+    activation_function: str = "gelu_new"
+    resid_pdrop: float = 0.1
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    classifier_dropout: float | None = None  # None: Hugging Face falls back to resid_pdrop
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    bos_token_id: int = 50256
+    eos_token_id: int = 50256
+    pad_token_id: int | None = None
+    # Not in Hugging Face's config: how gptjax computes.
+    dtype: str = "float32"  # compute dtype; parameters stay float32
+    attention: str = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn"
+    remat: bool = False  # recompute each block in the backward pass to save activation memory
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.activation_function not in ACTIVATIONS:
+            raise ValueError(
+                f"activation_function={self.activation_function!r} is not supported; "
+                f"choose one of {sorted(ACTIVATIONS)}"
+            )
+        if self.attention not in ("xla", "cudnn"):
+            raise ValueError(f"attention={self.attention!r}: choose 'xla' or 'cudnn'")
+        jnp.dtype(self.dtype)  # raises on an unknown dtype name
+
+    @property
+    def inner_dim(self) -> int:
+        return self.n_inner or 4 * self.n_embd
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def head_dropout(self) -> float:
+        return self.resid_pdrop if self.classifier_dropout is None else self.classifier_dropout
+
+    def replace(self, **changes) -> GPT2Config:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def named(cls, name: str, **changes) -> GPT2Config:
+        """One of the five released sizes, known without a download ("openai-community/gpt2" works too)."""
+        key = name.rsplit("/", 1)[-1]
+        if key not in SIZES:
+            raise ValueError(f"unknown GPT-2 size {name!r}; known sizes: {', '.join(SIZES)}")
+        return cls(**SIZES[key], **changes)
+
+    @classmethod
+    def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json", **changes) -> GPT2Config:
+        """Reads a Hugging Face GPT-2 config.json (as a dict); `source` names it in errors."""
+        model_type = hf.get("model_type")
+        if model_type != "gpt2":
+            raise ValueError(f"{source}: model_type is {model_type!r}, gptjax loads only 'gpt2'")
+        for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+            if hf.get(flag):
+                raise ValueError(f"{source}: {flag}=true is not supported by gptjax")
+        if hf.get("scale_attn_weights") is False:
+            raise ValueError(f"{source}: scale_attn_weights=false is not supported by gptjax")
+        names = {f.name for f in dataclasses.fields(cls)} - {"dtype", "attention", "remat"}
+        values = {k: hf[k] for k in names if k in hf}
+        return cls(**{**values, **changes})
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The Hugging Face config.json fields of this architecture."""
+        out = dataclasses.asdict(self)
+        for key in ("dtype", "attention", "remat"):
+            out.pop(key)
+        out.update(model_type="gpt2", scale_attn_weights=True, use_cache=True)
+        return out
+
+    @classmethod
+    def load(cls, path: str) -> GPT2Config:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_hf_dict(json.load(f), source=path)
+
+
+SIZES = {
+    "gpt2": dict(n_layer=12, n_embd=768, n_head=12),
+    "gpt2-medium": dict(n_layer=24, n_embd=1024, n_head=16),
+    "gpt2-large": dict(n_layer=36, n_embd=1280, n_head=20),
+    "gpt2-xl": dict(n_layer=48, n_embd=1600, n_head=25),
+    "distilgpt2": dict(n_layer=6, n_embd=768, n_head=12),
+}
+
+
+def _normal(std: float):
+    return nnx.initializers.normal(stddev=std)
+
+
+class Attention(nnx.Module):
+    """Causal multi-head self-attention through jax.nn.dot_product_attention."""
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs):
+        d, std = config.n_embd, config.initializer_range
+        dtype = jnp.dtype(config.dtype)
+        self.config = config
+        self.c_attn = nnx.Linear(d, 3 * d, dtype=dtype, kernel_init=_normal(std), rngs=rngs)
+        # Residual projections start smaller so the residual stream's variance does not grow
+        # with depth (GPT-2 paper, section 2.3; Hugging Face's _init_weights).
+        proj_std = std / math.sqrt(2 * config.n_layer)
+        self.c_proj = nnx.Linear(d, d, dtype=dtype, kernel_init=_normal(proj_std), rngs=rngs)
+        self.attn_dropout_rate = config.attn_pdrop
+        self.resid_dropout = nnx.Dropout(config.resid_pdrop)
+
+    def __call__(self, x, mask, keys):  # x: [B, T, D], mask: [B, 1, T, T]
+        b, t, _ = x.shape
+        cfg = self.config
+        q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
+        q, k, v = (a.reshape(b, t, cfg.n_head, cfg.head_dim) for a in (q, k, v))  # [B, T, H, Dh]
+        if keys is not None and self.attn_dropout_rate > 0:
+            # dot_product_attention has no dropout on the probabilities; write it out instead.
+            y = _attention_with_dropout(q, k, v, mask, self.attn_dropout_rate, keys[0])
+        else:
+            y = _fused_attention(q, k, v, mask, cfg.attention)
+        y = self.c_proj(y.reshape(b, t, cfg.n_embd))
+        return self.resid_dropout(y, deterministic=keys is None, rngs=_key(keys, 1))
+
+
+def _fused_attention(q, k, v, mask, implementation):
+    if implementation == "cudnn":
+        try:
+            return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+        except Exception:  # noqa: BLE001 - cuDNN refuses some shapes, dtypes and backends
+            pass
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+
+
+def _attention_with_dropout(q, k, v, mask, rate, key):
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    keep = jax.random.bernoulli(key, 1.0 - rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - rate), 0.0).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+def _key(keys, i):
+    return None if keys is None else keys[i]
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs):
+        d, std = config.n_embd, config.initializer_range
+        dtype = jnp.dtype(config.dtype)
+        proj_std = std / math.sqrt(2 * config.n_layer)
+        self.c_fc = nnx.Linear(d, config.inner_dim, dtype=dtype, kernel_init=_normal(std), rngs=rngs)
+        self.c_proj = nnx.Linear(
+            config.inner_dim, d, dtype=dtype, kernel_init=_normal(proj_std), rngs=rngs
+        )
+        self.act = ACTIVATIONS[config.activation_function]
+        self.dropout = nnx.Dropout(config.resid_pdrop)
+
+    def __call__(self, x, key):
+        y = self.c_proj(self.act(self.c_fc(x)))
+        return self.dropout(y, deterministic=key is None, rngs=key)
+
+
+def _layer_norm(config: GPT2Config, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # LayerNorm statistics in float32 whatever the compute dtype: bf16 variance is too coarse.
+    return nnx.LayerNorm(config.n_embd, epsilon=config.layer_norm_epsilon, rngs=rngs)
+
+
+class Block(nnx.Module):
+    """A pre-LayerNorm transformer block."""
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs):
+        self.ln_1 = _layer_norm(config, rngs)
+        self.attn = Attention(config, rngs=rngs)
+        self.ln_2 = _layer_norm(config, rngs)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x, mask, keys):  # keys: None or [3] dropout keys
+        dtype = x.dtype
+        x = x + self.attn(self.ln_1(x).astype(dtype), mask, None if keys is None else keys[:2])
+        return x + self.mlp(self.ln_2(x).astype(dtype), _key(keys, 2))
+
+
+class Transformer(nnx.Module):
+    """The GPT-2 backbone: embeddings, the stacked blocks and the final LayerNorm."""
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs):
+        std = config.initializer_range
+        self.config = config
+        self.wte = nnx.Embed(config.vocab_size, config.n_embd, embedding_init=_normal(std), rngs=rngs)
+        self.wpe = nnx.Embed(config.n_positions, config.n_embd, embedding_init=_normal(std), rngs=rngs)
+        self.drop = nnx.Dropout(config.embd_pdrop)
+
+        @nnx.split_rngs(splits=config.n_layer)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def stacked_blocks(rngs):
+            return Block(config, rngs=rngs)
+
+        self.h = stacked_blocks(rngs)
+        self.ln_f = _layer_norm(config, rngs)
+
+    def __call__(self, input_ids, attention_mask, dropout_key=None):  # [B, T] -> [B, T, D]
+        cfg = self.config
+        b, t = input_ids.shape
+        if t > cfg.n_positions:
+            raise ValueError(f"sequence length {t} exceeds n_positions={cfg.n_positions}")
+        dtype = jnp.dtype(cfg.dtype)
+        x = self.wte(input_ids) + self.wpe(jnp.arange(t))[None]
+        keys = None if dropout_key is None else jax.random.split(dropout_key, 1 + 3 * cfg.n_layer)
+        x = self.drop(x, deterministic=keys is None, rngs=_key(keys, 0)).astype(dtype)
+
+        # Each query sees earlier real tokens. The diagonal is always open so an all-padding row
+        # (the padded tail of an eval batch) still has a finite softmax instead of NaNs.
+        causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+        key_real = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, T]
+        mask = causal[None, None] & (key_real | jnp.eye(t, dtype=bool)[None, None])
+
+        graphdef, layers = nnx.split(self.h)
+        layer_keys = None if keys is None else keys[1:].reshape(cfg.n_layer, 3, *keys.shape[1:])
+
+        def body(x, layer):
+            params, lkeys = layer
+            return nnx.merge(graphdef, params)(x, mask, lkeys), None
+
+        if cfg.remat:
+            body = jax.checkpoint(body, prevent_cse=False)
+        x, _ = jax.lax.scan(body, x, (layers, layer_keys))
+        return self.ln_f(x)  # float32
+
+
+class GPT2(nnx.Module):
+    """GPT-2 with one task head: `model(input_ids, attention_mask)` returns the head's logits.
+
+    Heads: "token_classification" -> [B, T, num_labels]; "sequence_classification" -> [B,
+    num_labels] from each row's last real token; "causal_lm" -> [B, T, vocab] through `wte`.
+    Dropout is on only when a `dropout_key` is given, so evaluation is the default and training
+    randomness comes from keys the caller derives (from the seed and the step).
+    """
+
+    def __init__(
+        self,
+        config: GPT2Config,
+        head: str = "causal_lm",
+        num_labels: int | None = None,
+        labels: list[str] | None = None,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+        if labels is not None:
+            labels = tuple(labels)
+            if num_labels is not None and num_labels != len(labels):
+                raise ValueError(f"num_labels={num_labels} but {len(labels)} label names given")
+            num_labels = len(labels)
+        if head != "causal_lm" and not num_labels:
+            raise ValueError(f"head {head!r} needs num_labels (or label names)")
+        self.config = config
+        self.head = head
+        self.num_labels = num_labels if head != "causal_lm" else None
+        self.labels = labels if head != "causal_lm" else None
+        self.transformer = Transformer(config, rngs=rngs)
+        if head == "token_classification":
+            self.dropout = nnx.Dropout(config.head_dropout)
+            self.classifier = make_head(config, head, num_labels, rngs)
+        elif head == "sequence_classification":
+            self.score = make_head(config, head, num_labels, rngs)
+
+    def __call__(self, input_ids, attention_mask=None, *, dropout_key=None):
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        backbone_key = head_key = None
+        if dropout_key is not None:
+            backbone_key, head_key = jax.random.split(dropout_key)
+        x = self.transformer(input_ids, attention_mask, backbone_key)  # [B, T, D] float32
+        if self.head == "token_classification":
+            x = self.dropout(x, deterministic=head_key is None, rngs=head_key)
+            return self.classifier(x)  # [B, T, num_labels]
+        if self.head == "sequence_classification":
+            # The last real token under right padding. Hugging Face finds it by comparing ids to
+            # pad_token_id, which breaks when the pad id is EOS and EOS occurs in the text.
+            positions = jnp.arange(input_ids.shape[1])
+            last = jnp.max(jnp.where(attention_mask.astype(bool), positions, 0), axis=1)
+            pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]  # [B, D]
+            return self.score(pooled)  # [B, num_labels]
+        return self.transformer.wte.attend(x)  # [B, T, vocab], tied to the token embedding
+
+
+def make_head(config: GPT2Config, head: str, num_labels: int, rngs: nnx.Rngs) -> nnx.Linear:
+    """A freshly initialised classification head: `classifier` (with bias) or `score` (without)."""
+    init = _normal(config.initializer_range)
+    use_bias = head == "token_classification"  # as GPT2ForTokenClassification / ...Sequence...
+    return nnx.Linear(config.n_embd, num_labels, use_bias=use_bias, kernel_init=init, rngs=rngs)
+
+
+def init_model(
+    size_or_config: str | GPT2Config,
+    head: str = "causal_lm",
+    num_labels: int | None = None,
+    labels: list[str] | None = None,
+    seed: int = 0,
+    **config_changes,
+) -> GPT2:
+    """A randomly initialised GPT-2 of a named size or config, initialised as Hugging Face does."""
+    config = size_or_config
+    if isinstance(config, str):
+        config = GPT2Config.named(config)
+    config = config.replace(**config_changes)
+    return GPT2(config, head, num_labels, labels, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(size_or_config, head="causal_lm", num_labels=None, **changes) -> GPT2:
+    """The model's structure with jax.ShapeDtypeStruct leaves: no weights allocated."""
+    return nnx.eval_shape(lambda: init_model(size_or_config, head, num_labels, **changes))
+
+
+def count_params(model: GPT2, backbone_only: bool = False) -> int:
+    """The number of parameters (works on abstract models too)."""
+    tree = model.transformer if backbone_only else model
+    return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(tree, nnx.Param)))
