@@ -28,7 +28,8 @@ log = logging.getLogger("gptjax")
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
-HUB_FILES = [CONFIG, WEIGHTS, WEIGHTS_INDEX, "model-*-of-*.safetensors"]
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"]
+HUB_FILES = [CONFIG, WEIGHTS, WEIGHTS_INDEX, "model-*-of-*.safetensors", *TOKENIZER_FILES]
 
 ARCHITECTURES = {
     "token_classification": "GPT2ForTokenClassification",

@@ -1,0 +1,143 @@
+"""Configs as code: every run's settings in one ml_collections ConfigDict.
+
+configs/NAME.py holds get_config(), starting from base_config() here; run.py resolves
+--config=NAME to that file and applies --config.a.b=value overrides, typed by the field they set.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+
+from ml_collections import ConfigDict, config_dict
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def base_config() -> ConfigDict:
+    """Every key a run reads, with defaults; named configs change some of them."""
+    c = ConfigDict()
+    c.task = "token"  # "token" (NER, POS) or "sequence" (sentiment, topic)
+
+    c.model = ConfigDict()
+    c.model.name_or_path = "gpt2"  # hub id or local directory; for init="scratch", a size name
+    c.model.init = "pretrained"  # or "scratch": random initialisation, as Hugging Face does
+    c.model.reinit_head = False  # start a new head even if the checkpoint stores one
+    c.model.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
+    c.model.attention = "xla"  # or "cudnn" (GPU flash attention where shapes allow)
+    c.model.remat = False
+    c.model.dropout = config_dict.placeholder(float)  # None: the checkpoint's own dropouts
+    c.model.arch = ConfigDict()  # for init="scratch": changes to the named size
+    for key in ("n_layer", "n_embd", "n_head", "n_positions"):
+        c.model.arch[key] = config_dict.placeholder(int)
+
+    c.tokenizer = ConfigDict()
+    c.tokenizer.name_or_path = config_dict.placeholder(str)  # None: model.name_or_path; "train": BPE on the train split
+    c.tokenizer.vocab_size = 1000  # for name_or_path="train"
+
+    c.data = ConfigDict()
+    c.data.source = config_dict.placeholder(str)  # hub dataset id, local directory, or "synthetic"
+    c.data.hub_config = config_dict.placeholder(str)  # datasets.load_dataset's second argument
+    c.data.text_column = config_dict.placeholder(str)
+    c.data.label_column = config_dict.placeholder(str)
+    c.data.max_length = 128
+    c.data.buckets = (32, 64, 128, 256, 512)  # capped at max_length
+    c.data.iob1_to_iob2 = False
+    c.data.label_all_subwords = False
+    c.data.test_split = "test"  # "validation" where the test labels are hidden (GLUE)
+    c.data.unknown_label = "error"  # or "map_to_o" (token tasks): a tag training never saw
+    c.data.synthetic_seed = 0
+    c.data.synthetic_sizes = (2000, 400, 400)
+
+    c.train = ConfigDict()
+    c.train.seed = 0
+    c.train.batch_size = 16
+    c.train.eval_batch_size = 32
+    c.train.grad_accum_steps = 1  # micro-batches per optimizer step (batch_size is the total)
+    c.train.num_epochs = 5
+    c.train.max_steps = config_dict.placeholder(int)  # an optional cap on optimizer steps
+    c.train.learning_rate = 2e-5
+    c.train.warmup_ratio = 0.1
+    c.train.warmup_steps = config_dict.placeholder(int)  # overrides warmup_ratio
+    c.train.weight_decay = 0.01
+    c.train.max_grad_norm = 1.0
+    c.train.adam_b1 = 0.9
+    c.train.adam_b2 = 0.999
+    c.train.adam_eps = 1e-8
+    c.train.patience = config_dict.placeholder(int)  # early stopping: epochs without gain; None = off
+    c.train.log_every = 50
+    return c
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_config(name: str) -> ConfigDict:
+    """configs/NAME.py's get_config(), or a path to such a file."""
+    path = Path(name)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name}.py"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_")))
+        raise ConfigError(f"--config={name}: no such config file {path} (known configs: {known})")
+    spec = importlib.util.spec_from_file_location(f"gptjax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def _parse(key: str, text: str, current, field_type):
+    """The override's value, of the type of the field it replaces."""
+    kind = field_type or type(current)
+    try:
+        if kind is bool:
+            if text.lower() in ("true", "1", "yes"):
+                return True
+            if text.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError("expected true or false")
+        if kind in (tuple, list):
+            value = ast.literal_eval(text)
+            return kind(value if isinstance(value, (tuple, list)) else (value,))
+        if kind is float:
+            return float(text)
+        if kind is int:
+            return int(text)
+        return kind(text)
+    except (ValueError, SyntaxError) as e:
+        raise ConfigError(f"--config.{key}={text}: not a valid {kind.__name__} ({e})") from None
+
+
+def _optional(key: str) -> bool:
+    """Whether base_config() declares the key optional (a placeholder whose default is None)."""
+    node = base_config()
+    for part in key.split("."):
+        if not isinstance(node, ConfigDict) or part not in node:
+            return False
+        node = node[part]
+    return node is None
+
+
+def apply_overrides(config: ConfigDict, overrides: dict[str, str]) -> ConfigDict:
+    """Sets --config.a.b=value overrides; an unknown key or a wrongly typed value is an error naming it."""
+    for key, text in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for i, part in enumerate(parents):
+            if not isinstance(node, ConfigDict) or part not in node:
+                raise ConfigError(f"--config.{key}: unknown key {'.'.join(parents[: i + 1])!r}")
+            node = node[part]
+        if not isinstance(node, ConfigDict) or leaf not in node:
+            choices = ", ".join(sorted(node.keys())) if isinstance(node, ConfigDict) else ""
+            raise ConfigError(f"--config.{key}: unknown key (this section has: {choices})")
+        if isinstance(node[leaf], ConfigDict):
+            raise ConfigError(f"--config.{key}: is a section; set one of its keys instead")
+        if text.lower() in ("none", "null"):
+            if not _optional(key):
+                raise ConfigError(f"--config.{key}: cannot be None")
+            node[leaf] = None
+            continue
+        node[leaf] = _parse(key, text, node[leaf], node.get_type(leaf))
+    return config

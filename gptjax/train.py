@@ -1,0 +1,260 @@
+"""The train and eval steps, and the loop that runs them: train_and_evaluate(config, workdir).
+
+The state is plain pytrees (parameters as an nnx.State, Optax's state, the step), so one
+jax.jit-compiled function updates it with its buffers donated, and the same pytrees are what
+checkpoints hold. The model's graph (its structure, no arrays) is closed over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from gptjax import evaluation, sharding
+from gptjax.config import ConfigError
+from gptjax.data import IGNORE_INDEX, epoch_batches, num_batches
+from gptjax.experiment import Experiment, prepare
+from gptjax.hf import save_pretrained
+from gptjax.reporting import Reporter
+
+log = logging.getLogger("gptjax")
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Any  # nnx.State of the model's parameters (float32)
+    opt_state: Any
+
+
+# ---------------------------------------------------------------------------------------------
+# The optimizer
+
+
+def learning_rate_schedule(train_cfg, total_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 to the peak, then linear decay to 0 at the last step."""
+    warmup = int(train_cfg.warmup_ratio * total_steps) if train_cfg.warmup_steps is None else train_cfg.warmup_steps
+    warmup = min(warmup, total_steps)
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, train_cfg.learning_rate, max(warmup, 1)),
+            optax.linear_schedule(train_cfg.learning_rate, 0.0, max(total_steps - warmup, 1)),
+        ],
+        [warmup],
+    )
+
+
+def decay_mask(params):
+    """Weight decay on matrices only: kernels and embeddings, not biases or LayerNorm scales.
+
+    Decided by name rather than rank, since stacked blocks give biases and scales a layer axis.
+    """
+    def is_matrix(path, _):
+        names = {str(getattr(k, "key", getattr(k, "name", ""))) for k in path}
+        return bool(names & {"kernel", "embedding"})
+
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
+
+
+def make_optimizer(train_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    schedule = learning_rate_schedule(train_cfg, total_steps)
+    tx = optax.chain(
+        optax.clip_by_global_norm(train_cfg.max_grad_norm),
+        optax.adamw(
+            schedule, b1=train_cfg.adam_b1, b2=train_cfg.adam_b2, eps=train_cfg.adam_eps,
+            weight_decay=train_cfg.weight_decay, mask=decay_mask,
+        ),
+    )
+    return tx, schedule
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps
+
+
+def masked_cross_entropy(logits, labels):
+    """(sum of the cross-entropy over labelled positions, their count); -100 counts in neither."""
+    valid = labels != IGNORE_INDEX
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.where(valid, labels, 0))
+    return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(valid)
+
+
+def make_train_step(graphdef, tx, *, seed: int, grad_accum_steps: int = 1):
+    """train_step(state, batch) -> (state, metrics); the batch is split into grad_accum_steps
+    micro-batches whose gradients are summed before the single optimizer update."""
+    base_key = jax.random.key(seed)
+
+    def train_step(state: TrainState, batch):
+        # Rows i, i+A, i+2A, ... form micro-batch i: the split stays local to each device's rows.
+        micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(-1, grad_accum_steps, *x.shape[1:]), 0, 1), batch)
+        step_key = jax.random.fold_in(base_key, state.step)
+
+        def accumulate(carry, inputs):
+            grads, loss_sum, count = carry
+            index, mb = inputs
+
+            def loss_fn(params):
+                model = nnx.merge(graphdef, params)
+                logits = model(mb["input_ids"], mb["attention_mask"], dropout_key=jax.random.fold_in(step_key, index))
+                return masked_cross_entropy(logits, mb["labels"])
+
+            (mb_loss, mb_count), mb_grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            grads = jax.tree.map(jnp.add, grads, mb_grads)
+            return (grads, loss_sum + mb_loss, count + mb_count), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+        (grads, loss_sum, count), _ = jax.lax.scan(accumulate, init, (jnp.arange(grad_accum_steps), micro))
+        # The gradient of the masked mean over the whole batch, however it was split.
+        denominator = jnp.maximum(count, 1).astype(jnp.float32)
+        grads = jax.tree.map(lambda g: g / denominator, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss_sum / denominator, "grad_norm": optax.tree.norm(grads)}
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return jax.jit(train_step, donate_argnums=(0,))
+
+
+def make_predict_step(graphdef):
+    """predict(params, batch) -> the argmax class ids, [B, T] or [B]."""
+
+    def predict(params, batch):
+        logits = nnx.merge(graphdef, params)(batch["input_ids"], batch["attention_mask"])
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    return jax.jit(predict)
+
+
+def place_params(model, mesh):
+    """(graphdef, parameters on the mesh): the model split into structure and arrays."""
+    graphdef, params = nnx.split(model)
+    return graphdef, jax.device_put(params, sharding.replicated(mesh))
+
+
+def init_state(model, tx, mesh) -> tuple[Any, TrainState]:
+    graphdef, params = place_params(model, mesh)
+    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    # Every leaf committed to the mesh, as the step's outputs will be: otherwise the second call
+    # sees other input shardings and compiles the step again.
+    return graphdef, jax.device_put(state, sharding.replicated(mesh))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate_split(exp: Experiment, split: str, predict, params, mesh) -> dict:
+    """Metrics of one split through the shared evaluation module; every example counted."""
+    evaluator = evaluation.make_evaluator(exp.task, exp.encoded[split].examples, exp.vocab.names)
+    batches = eval_batches(exp, split)
+    return evaluator.run(lambda batch: np.asarray(predict(params, sharding.put_batch(batch, mesh))), batches)
+
+
+def eval_batches(exp: Experiment, split: str):
+    cfg = exp.config
+    return epoch_batches(exp.encoded[split], cfg.train.eval_batch_size, buckets=exp.buckets, pad_id=exp.pad_id)
+
+
+def scalar_metrics(metrics: dict) -> dict:
+    """The numbers of a metrics dict (the per-type tables too), without the report text."""
+    return {k: v for k, v in metrics.items() if k != "report"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains on the config's data, evaluates on validation each epoch and on test at the end,
+    keeps the best epoch's model and exports it to WORKDIR/export. Returns results.json's dict."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    exp = prepare(config, workdir)
+    cfg = config.train
+    mesh = sharding.make_mesh()
+    sharding.check_batch_size(cfg.batch_size, mesh)
+    sharding.check_batch_size(cfg.eval_batch_size, mesh, "train.eval_batch_size")
+    if cfg.batch_size % cfg.grad_accum_steps:
+        raise ConfigError(f"train.batch_size={cfg.batch_size} is not divisible by train.grad_accum_steps={cfg.grad_accum_steps}")
+
+    train_split = exp.encoded["train"]
+    steps_per_epoch = num_batches(train_split, cfg.batch_size, buckets=exp.buckets)
+    total_steps = steps_per_epoch * cfg.num_epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    tx, schedule = make_optimizer(cfg, total_steps)
+    graphdef, state = init_state(exp.model, tx, mesh)
+    exp.model = None  # the state holds the parameters from here on
+    train_step = make_train_step(graphdef, tx, seed=cfg.seed, grad_accum_steps=cfg.grad_accum_steps)
+    predict = make_predict_step(graphdef)
+
+    primary = evaluation.primary_metric(exp.task)
+    reporter = Reporter(workdir, total_steps)
+    log.info("training %s: %d examples, %d steps per epoch, %d steps, %d devices",
+             exp.task, len(train_split), steps_per_epoch, total_steps, mesh.size)
+    best = {"score": -np.inf, "epoch": None, "params": None, "metrics": None}
+    epochs_without_gain = 0
+    step = 0
+    for epoch in range(cfg.num_epochs):
+        batches = epoch_batches(train_split, cfg.batch_size, buckets=exp.buckets, pad_id=exp.pad_id,
+                                seed=cfg.seed, epoch=epoch, shuffle=True)
+        for batch in batches:
+            if step >= total_steps:
+                break
+            reporter.count_tokens(int(batch["attention_mask"].sum()))
+            state, metrics = train_step(state, sharding.put_batch(batch, mesh))
+            step += 1
+            reporter.pending(step, metrics)
+            if step % cfg.log_every == 0 or step == total_steps:
+                reporter.flush_train(epoch, schedule)
+        reporter.flush_train(epoch, schedule)
+
+        val = evaluate_split(exp, "validation", predict, state.params, mesh)
+        reporter.eval_line(step, "validation", epoch, scalar_metrics(val))
+        if val[primary] > best["score"]:
+            best.update(score=val[primary], epoch=epoch, params=jax.device_get(state.params), metrics=val)
+            epochs_without_gain = 0
+        else:
+            epochs_without_gain += 1
+        if step >= total_steps:
+            break
+        if cfg.patience is not None and epochs_without_gain >= cfg.patience:
+            log.info("early stopping after epoch %d: validation %s has not improved for %d epochs",
+                     epoch + 1, primary, cfg.patience)
+            break
+
+    params = jax.device_put(best["params"], sharding.replicated(mesh))
+    log.info("kept epoch %d (validation %s %.4f)", best["epoch"] + 1, primary, best["score"])
+    test = evaluate_split(exp, "test", predict, params, mesh)
+    reporter.eval_line(step, "test", best["epoch"], scalar_metrics(test))
+    results = {
+        "validation": scalar_metrics(best["metrics"]),
+        "test": scalar_metrics(test),
+        "best_epoch": best["epoch"] + 1,
+        "steps": step,
+        "num_truncated": {split: enc.num_truncated for split, enc in exp.encoded.items()},
+    }
+    (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (workdir / "report.txt").write_text(
+        evaluation.format_report(f"validation (epoch {best['epoch'] + 1})", best["metrics"]) + "\n\n"
+        + evaluation.format_report("test", test) + "\n",
+        encoding="utf-8",
+    )
+    export(nnx.merge(graphdef, params), exp.tokenizer, workdir / "export")
+    reporter.close()
+    log.info("test %s %.4f; results in %s", primary, test[primary], workdir)
+    return results
+
+
+def export(model, tokenizer, directory: Path) -> None:
+    """The model and its tokenizer as a Hugging Face directory that transformers loads."""
+    save_pretrained(model, directory)
+    tokenizer.save_pretrained(str(directory))

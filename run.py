@@ -1,0 +1,64 @@
+"""gptjax's command line: python run.py --config=NAME --workdir=DIR [--mode=MODE] [--config.KEY=VALUE ...]
+
+  --config     configs/NAME.py (or a path to a config file)
+  --workdir    where the run writes metrics.jsonl, results.json, report.txt, TensorBoard events,
+               labels.json and export/ (the kept model as a Hugging Face directory)
+  --mode       train (default): train, evaluate on validation each epoch, then on test
+               eval: evaluate WORKDIR/export on --split (default test)
+               export: write WORKDIR/export to --export_dir as a Hugging Face directory
+  --config.a.b=value   override one config key; the value is parsed as the key's type
+"""
+
+import argparse
+import logging
+import sys
+
+from gptjax.config import ConfigError, apply_overrides, load_config
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--mode", default="train", choices=("train", "eval", "export"))
+    parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    parser.add_argument("--export_dir")
+    args, rest = parser.parse_known_args(argv)
+    overrides = {}
+    for item in rest:
+        if not item.startswith("--config.") or "=" not in item:
+            parser.error(f"unrecognised argument {item!r} (overrides are written --config.KEY=VALUE)")
+        key, value = item[len("--config."):].split("=", 1)
+        overrides[key] = value
+    return args, overrides
+
+
+def main(argv=None):
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("absl", "jax", "httpx", "datasets", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        config = apply_overrides(load_config(args.config), overrides)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+
+    from gptjax import workdir_modes
+    from gptjax.data import DataError
+    from gptjax.experiment import SetupError
+    from gptjax.hf import CheckpointError
+    from gptjax.train import train_and_evaluate
+
+    try:
+        if args.mode == "train":
+            train_and_evaluate(config, args.workdir)
+        elif args.mode == "eval":
+            workdir_modes.evaluate(config, args.workdir, args.split)
+        else:
+            workdir_modes.export(args.workdir, args.export_dir)
+    except (ConfigError, DataError, SetupError, CheckpointError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""End to end through run.py: train on small files, check every output, reload the export."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import run
+from conftest import tiny_config
+from gptjax import evaluation, synthetic
+from gptjax.config import ConfigError, apply_overrides, load_config
+from gptjax.train import train_and_evaluate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def check_outputs(workdir, task):
+    workdir = Path(workdir)
+    results = json.loads((workdir / "results.json").read_text())
+    keys = {"f1", "precision", "recall", "accuracy"} if task == "token" else {"accuracy", "f1"}
+    for split in ("validation", "test"):
+        assert keys <= set(results[split])
+    lines = read_jsonl(workdir / "metrics.jsonl")
+    train = [l for l in lines if l["split"] == "train"]
+    assert train and all({"step", "loss", "learning_rate", "grad_norm", "tokens_per_sec"} <= set(l) for l in train)
+    assert [l["step"] for l in train] == sorted({l["step"] for l in train})  # no line twice
+    assert {l["split"] for l in lines} == {"train", "validation", "test"}
+    assert "test" in (workdir / "report.txt").read_text()
+    assert list((workdir / "tensorboard").iterdir())
+    assert json.loads((workdir / "labels.json").read_text())["names"]
+    return results, lines
+
+
+def check_export_predicts_like_gptjax(workdir, task, sentences):
+    """transformers loads the export and predicts, word by word, what gptjax's evaluation did."""
+    export = Path(workdir) / "export"
+    cls = transformers.GPT2ForTokenClassification if task == "token" else transformers.GPT2ForSequenceClassification
+    model, info = cls.from_pretrained(export, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(export, add_prefix_space=True)
+    model.eval()
+    predictions = []
+    for sentence in sentences:
+        if task == "token":
+            enc = tokenizer(list(sentence), is_split_into_words=True, return_tensors="pt")
+            with torch.no_grad():
+                ids = model(**enc).logits[0].argmax(-1).tolist()
+            first = {}
+            for position, word in enumerate(enc.word_ids()):
+                if word is not None and word not in first:
+                    first[word] = position
+            predictions.append([model.config.id2label[ids[first[w]]] for w in range(len(sentence))])
+        else:
+            enc = tokenizer(sentence, return_tensors="pt")
+            with torch.no_grad():
+                predictions.append(model.config.id2label[int(model(**enc).logits[0].argmax())])
+    return predictions
+
+
+def gptjax_predictions(config, workdir, split):
+    """gptjax's own word-level predictions on a split, through the evaluation module."""
+    from gptjax import sharding
+    from gptjax.experiment import prepare
+    from gptjax.train import eval_batches, make_predict_step, place_params
+
+    exp = prepare(config, Path(workdir), model_dir=Path(workdir) / "export")
+    mesh = sharding.make_mesh()
+    graphdef, params = place_params(exp.model, mesh)
+    predict = make_predict_step(graphdef)
+    evaluator = evaluation.make_evaluator(exp.task, exp.encoded[split].examples, exp.vocab.names)
+    preds = evaluator.predict(lambda b: np.asarray(predict(params, sharding.put_batch(b, mesh))), eval_batches(exp, split))
+    return exp.encoded[split].examples, preds
+
+
+@pytest.mark.parametrize("fixture", ["conll_dir", "token_jsonl_dir"])
+def test_token_task_end_to_end(fixture, request, tmp_path):
+    config = tiny_config("token", request.getfixturevalue(fixture))
+    results = train_and_evaluate(config, str(tmp_path))
+    saved, lines = check_outputs(tmp_path, "token")
+    assert saved["test"]["f1"] == results["test"]["f1"]
+    assert results["test"]["f1"] > 0.3  # it learned something in 4 tiny epochs
+    # Evaluation lines per epoch; the test line last.
+    assert [l["split"] for l in lines if l["split"] != "train"] == ["validation"] * 4 + ["test"]
+    examples, preds = gptjax_predictions(config, tmp_path, "test")
+    assert len(preds) == len(examples)  # every example counted, though 45 is not a multiple of 16
+    hf_preds = check_export_predicts_like_gptjax(tmp_path, "token", [ex.tokens for ex in examples[:12]])
+    assert hf_preds == preds[:12]
+
+
+@pytest.mark.parametrize("fixture", ["sentiment_csv_dir", "sentiment_jsonl_dir"])
+def test_sequence_task_end_to_end(fixture, request, tmp_path):
+    config = tiny_config("sequence", request.getfixturevalue(fixture), **{"data.max_length": 32, "data.buckets": "(16, 32)"})
+    results = train_and_evaluate(config, str(tmp_path))
+    check_outputs(tmp_path, "sequence")
+    assert {"mcc", "per_class"} <= set(results["test"])
+    assert results["test"]["accuracy"] > 0.8  # one sentiment word decides the label
+    examples, preds = gptjax_predictions(config, tmp_path, "test")
+    assert len(preds) == len(examples)
+    assert check_export_predicts_like_gptjax(tmp_path, "sequence", [ex.text for ex in examples[:12]]) == preds[:12]
+
+
+def test_pretrained_checkpoint_directory(conll_dir, tmp_path):
+    """model.name_or_path pointing at a Hugging Face directory (weights and tokenizer files)."""
+    corpus = synthetic.make_ner_corpus(seed=1, sizes=(300, 1, 1))["train"]
+    tokenizer = synthetic.train_tokenizer(synthetic.corpus_texts(corpus), vocab_size=400)
+    hf_model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=1, n_embd=32, n_head=2, n_positions=64, vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id))
+    hf_model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    config = tiny_config("token", conll_dir, **{"model.init": "pretrained", "model.name_or_path": tmp_path / "base",
+                                                "tokenizer.name_or_path": "none", "train.num_epochs": 1})
+    train_and_evaluate(config, str(tmp_path / "run"))
+    check_outputs(tmp_path / "run", "token")
+
+
+def test_same_seed_same_metrics(conll_dir, tmp_path):
+    def metrics(workdir):
+        config = tiny_config("token", conll_dir, **{"train.num_epochs": 1, "model.dropout": 0.1})
+        train_and_evaluate(config, str(workdir))
+        return [{k: v for k, v in l.items() if k != "tokens_per_sec"} for l in read_jsonl(Path(workdir) / "metrics.jsonl")]
+
+    assert metrics(tmp_path / "a") == metrics(tmp_path / "b")
+
+
+def test_eval_and_export_modes(conll_dir, tmp_path):
+    args = ["--config=demo", f"--workdir={tmp_path}", f"--config.data.source={conll_dir}",
+            "--config.model.arch.n_layer=1", "--config.model.arch.n_embd=32", "--config.train.num_epochs=1",
+            "--config.tokenizer.vocab_size=300"]
+    run.main(args)
+    test_f1 = json.loads((tmp_path / "results.json").read_text())["test"]["f1"]
+    run.main(args + ["--mode=eval", "--split=test"])
+    assert json.loads((tmp_path / "eval_test.json").read_text())["f1"] == test_f1
+    run.main(args + ["--mode=export", f"--export_dir={tmp_path / 'out'}"])
+    assert transformers.GPT2ForTokenClassification.from_pretrained(tmp_path / "out").config.num_labels == 9
+
+
+def test_config_overrides_are_typed():
+    config = apply_overrides(load_config("ner"), {"train.learning_rate": "3e-5", "train.max_steps": "7",
+                                                  "data.label_all_subwords": "true", "data.buckets": "(64, 128)"})
+    assert config.train.learning_rate == 3e-5 and config.train.max_steps == 7
+    assert config.data.label_all_subwords is True and config.data.buckets == (64, 128)
+    with pytest.raises(ConfigError, match=r"--config.train.learnin_rate: unknown key"):
+        apply_overrides(load_config("ner"), {"train.learnin_rate": "1"})
+    with pytest.raises(ConfigError, match=r"--config.trian.seed: unknown key 'trian'"):
+        apply_overrides(load_config("ner"), {"trian.seed": "1"})
+    with pytest.raises(ConfigError, match=r"--config.train.batch_size=big: not a valid int"):
+        apply_overrides(load_config("ner"), {"train.batch_size": "big"})
+    with pytest.raises(ConfigError, match=r"--config.data.iob1_to_iob2=maybe: not a valid bool"):
+        apply_overrides(load_config("ner"), {"data.iob1_to_iob2": "maybe"})
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config("nre")
+
+
+def _run_cli(*args, env=None):
+    import os
+
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    out = _run_cli("--config=ner", f"--workdir={tmp_path}", "--config.train.lr=1")
+    assert out.returncode != 0 and "error: --config.train.lr: unknown key" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_hub_configs_fail_fast_offline(tmp_path):
+    for name in ("ner", "sst2"):
+        out = _run_cli(f"--config={name}", f"--workdir={tmp_path / name}", env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+        assert out.returncode != 0, out.stderr
+        assert "Traceback" not in out.stderr
+        assert "--config.data.source" in out.stderr and "--config=demo" in out.stderr
+
+
+def test_bad_data_stops_before_training(tmp_path, conll_dir):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for split in ("train", "validation", "test"):
+        (bad / f"{split}.conll").write_text((conll_dir / f"{split}.conll").read_text())
+    lines = (bad / "validation.conll").read_text().splitlines()
+    lines[3] = lines[3] + " extra-column"
+    (bad / "validation.conll").write_text("\n".join(lines) + "\n")
+    out = _run_cli("--config=demo", f"--workdir={tmp_path / 'run'}", f"--config.data.source={bad}")
+    assert out.returncode != 0
+    assert "validation.conll" in out.stderr and "line 4" in out.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
