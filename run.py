@@ -3,9 +3,10 @@
   --config     configs/NAME.py (or a path to a config file)
   --workdir    where the run writes metrics.jsonl, results.json, report.txt, TensorBoard events,
                labels.json and export/ (the kept model as a Hugging Face directory)
-  --mode       train (default): train, evaluate on validation each epoch, then on test
-               eval: evaluate WORKDIR/export on --split (default test)
-               export: write WORKDIR/export to --export_dir as a Hugging Face directory
+  --mode       train (default): train, evaluate on validation each epoch, then on test; the
+                 same command on the same workdir resumes from the latest checkpoint
+               eval: evaluate the workdir's --checkpoint (best or latest) on --split (default test)
+               export: write the workdir's --checkpoint to --export_dir as a Hugging Face directory
   --config.a.b=value   override one config key; the value is parsed as the key's type
 """
 
@@ -23,6 +24,7 @@ def parse_args(argv):
     parser.add_argument("--mode", default="train", choices=("train", "eval", "export"))
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
     parser.add_argument("--export_dir")
+    parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
     args, rest = parser.parse_known_args(argv)
     overrides = {}
     for item in rest:
@@ -44,6 +46,8 @@ def main(argv=None):
         sys.exit(f"error: {e}")
 
     from gptjax import workdir_modes
+    from gptjax.checkpoint import Preempted
+    from gptjax.reporting import NonFiniteError
     from gptjax.data import DataError
     from gptjax.experiment import SetupError
     from gptjax.hf import CheckpointError
@@ -53,10 +57,13 @@ def main(argv=None):
         if args.mode == "train":
             train_and_evaluate(config, args.workdir)
         elif args.mode == "eval":
-            workdir_modes.evaluate(config, args.workdir, args.split)
+            workdir_modes.evaluate(config, args.workdir, args.split, args.checkpoint)
         else:
-            workdir_modes.export(args.workdir, args.export_dir)
-    except (ConfigError, DataError, SetupError, CheckpointError) as e:
+            workdir_modes.export(config, args.workdir, args.export_dir, args.checkpoint)
+    except Preempted as e:
+        print(e.message, file=sys.stderr)
+        raise
+    except (ConfigError, DataError, SetupError, CheckpointError, NonFiniteError) as e:
         sys.exit(f"error: {e}")
 
 

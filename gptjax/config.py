@@ -67,6 +67,11 @@ def base_config() -> ConfigDict:
     c.train.adam_eps = 1e-8
     c.train.patience = config_dict.placeholder(int)  # early stopping: epochs without gain; None = off
     c.train.log_every = 50
+
+    c.checkpoint = ConfigDict()
+    c.checkpoint.every_steps = 500  # and at each epoch end
+    c.checkpoint.keep = 3
+    c.checkpoint.resume = True  # the same command on the same workdir continues the run
     return c
 
 

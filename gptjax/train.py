@@ -7,6 +7,7 @@ checkpoints hold. The model's graph (its structure, no arrays) is closed over.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -19,6 +20,7 @@ import optax
 from flax import nnx
 
 from gptjax import evaluation, sharding
+from gptjax.checkpoint import Checkpoints, Preempted, PreemptionGuard, abstract_like, check_compatible, config_json
 from gptjax.config import ConfigError
 from gptjax.data import IGNORE_INDEX, epoch_batches, num_batches
 from gptjax.experiment import Experiment, prepare
@@ -172,18 +174,39 @@ def scalar_metrics(metrics: dict) -> dict:
 # The loop
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains on the config's data, evaluates on validation each epoch and on test at the end,
-    keeps the best epoch's model and exports it to WORKDIR/export. Returns results.json's dict."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    exp = prepare(config, workdir)
+@dataclasses.dataclass
+class Progress:
+    """Where the loop stands, beyond the train state: checkpointed as JSON beside it."""
+
+    epoch: int = 0  # the epoch in progress
+    offset: int = 0  # batches of that epoch already trained on
+    best_score: float | None = None
+    best_epoch: int | None = None
+    epochs_without_gain: int = 0
+    stopped_early: bool = False
+
+
+def _check_config(config, mesh) -> None:
     cfg = config.train
-    mesh = sharding.make_mesh()
     sharding.check_batch_size(cfg.batch_size, mesh)
     sharding.check_batch_size(cfg.eval_batch_size, mesh, "train.eval_batch_size")
     if cfg.batch_size % cfg.grad_accum_steps:
         raise ConfigError(f"train.batch_size={cfg.batch_size} is not divisible by train.grad_accum_steps={cfg.grad_accum_steps}")
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains on the config's data, evaluates on validation each epoch and on test at the end,
+    keeps the best epoch's model and exports it to WORKDIR/export. Returns results.json's dict.
+
+    With checkpoint.resume (the default) a workdir holding checkpoints continues from the newest
+    readable one; SIGTERM / SIGINT save a checkpoint and raise Preempted.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = sharding.make_mesh()
+    _check_config(config, mesh)
+    exp = prepare(config, workdir)
+    cfg = config.train
 
     train_split = exp.encoded["train"]
     steps_per_epoch = num_batches(train_split, cfg.batch_size, buckets=exp.buckets)
@@ -193,50 +216,89 @@ def train_and_evaluate(config, workdir: str) -> dict:
     tx, schedule = make_optimizer(cfg, total_steps)
     graphdef, state = init_state(exp.model, tx, mesh)
     exp.model = None  # the state holds the parameters from here on
+
+    checkpoints = Checkpoints(workdir, config.checkpoint.keep)
+    progress, pending = Progress(), []
+    restored = None
+    if config.checkpoint.resume:
+        check = lambda meta: check_compatible(meta, config, exp.vocab.names, checkpoints.directory)  # noqa: E731
+        restored = checkpoints.restore_latest(abstract_like(state), check)
+    if restored is not None:
+        state, meta = restored
+        progress, pending = Progress(**meta["progress"]), meta["pending_metrics"]
+        log.info("resuming from checkpoint %d (epoch %d, batch %d)", int(state.step), progress.epoch + 1, progress.offset)
+    elif checkpoints.latest_step() is not None or checkpoints.best.latest_step() is not None:
+        checkpoints.close()
+        raise ConfigError(f"{workdir}: holds checkpoints; with checkpoint.resume=false use an empty --workdir")
+
     train_step = make_train_step(graphdef, tx, seed=cfg.seed, grad_accum_steps=cfg.grad_accum_steps)
     predict = make_predict_step(graphdef)
-
     primary = evaluation.primary_metric(exp.task)
-    reporter = Reporter(workdir, total_steps)
+    step = int(state.step)
+    reporter = Reporter(workdir, total_steps, resume_step=step if restored is not None else None, pending=pending)
+    guard = PreemptionGuard(checkpoints.manager)
     log.info("training %s: %d examples, %d steps per epoch, %d steps, %d devices",
              exp.task, len(train_split), steps_per_epoch, total_steps, mesh.size)
-    best = {"score": -np.inf, "epoch": None, "params": None, "metrics": None}
-    epochs_without_gain = 0
-    step = 0
-    for epoch in range(cfg.num_epochs):
-        batches = epoch_batches(train_split, cfg.batch_size, buckets=exp.buckets, pad_id=exp.pad_id,
-                                seed=cfg.seed, epoch=epoch, shuffle=True)
-        for batch in batches:
-            if step >= total_steps:
-                break
-            reporter.count_tokens(int(batch["attention_mask"].sum()))
-            state, metrics = train_step(state, sharding.put_batch(batch, mesh))
-            step += 1
-            reporter.pending(step, metrics)
-            if step % cfg.log_every == 0 or step == total_steps:
-                reporter.flush_train(epoch, schedule)
-        reporter.flush_train(epoch, schedule)
 
-        val = evaluate_split(exp, "validation", predict, state.params, mesh)
-        reporter.eval_line(step, "validation", epoch, scalar_metrics(val))
-        if val[primary] > best["score"]:
-            best.update(score=val[primary], epoch=epoch, params=jax.device_get(state.params), metrics=val)
-            epochs_without_gain = 0
-        else:
-            epochs_without_gain += 1
-        if step >= total_steps:
-            break
-        if cfg.patience is not None and epochs_without_gain >= cfg.patience:
-            log.info("early stopping after epoch %d: validation %s has not improved for %d epochs",
-                     epoch + 1, primary, cfg.patience)
-            break
+    def save(step):
+        meta = {"progress": dataclasses.asdict(progress), "pending_metrics": reporter.settle(),
+                "config": config_json(config), "labels": exp.vocab.names}
+        checkpoints.save(step, state, meta)
 
-    params = jax.device_put(best["params"], sharding.replicated(mesh))
-    log.info("kept epoch %d (validation %s %.4f)", best["epoch"] + 1, primary, best["score"])
-    test = evaluate_split(exp, "test", predict, params, mesh)
-    reporter.eval_line(step, "test", best["epoch"], scalar_metrics(test))
+    def done():
+        # Recomputed rather than stored, so that resuming with more epochs trains on.
+        return progress.stopped_early or step >= total_steps or progress.epoch >= cfg.num_epochs
+
+    try:
+        while not done():
+            batches = epoch_batches(train_split, cfg.batch_size, buckets=exp.buckets, pad_id=exp.pad_id,
+                                    seed=cfg.seed, epoch=progress.epoch, shuffle=True, start=progress.offset)
+            for batch in batches:
+                if step >= total_steps:
+                    break
+                reporter.count_tokens(int(batch["attention_mask"].sum()))
+                state, metrics = train_step(state, sharding.put_batch(batch, mesh))
+                step += 1
+                progress.offset += 1
+                reporter.pending(step, metrics)
+                if step % cfg.log_every == 0:
+                    reporter.flush_train(progress.epoch, schedule)
+                if guard.requested(step):
+                    save(step)
+                    checkpoints.wait()
+                    raise Preempted(f"stopped by {guard.signal_name or 'preemption'} at step {step}; checkpoint saved "
+                                    f"in {checkpoints.directory}; run the same command to resume")
+                if step % config.checkpoint.every_steps == 0 and progress.offset < steps_per_epoch:
+                    save(step)
+            reporter.flush_train(progress.epoch, schedule)
+
+            val = evaluate_split(exp, "validation", predict, state.params, mesh)
+            reporter.eval_line(step, "validation", progress.epoch, scalar_metrics(val))
+            if progress.best_score is None or val[primary] > progress.best_score:
+                progress.best_score, progress.best_epoch, progress.epochs_without_gain = val[primary], progress.epoch, 0
+                checkpoints.save_best(step, state.params, {"epoch": progress.epoch, "validation": val})
+            else:
+                progress.epochs_without_gain += 1
+            if cfg.patience is not None and progress.epochs_without_gain >= cfg.patience:
+                log.info("early stopping after epoch %d: validation %s has not improved for %d epochs",
+                         progress.epoch + 1, primary, cfg.patience)
+                progress.stopped_early = True
+            if progress.offset >= steps_per_epoch:  # not when max_steps stopped the epoch part way
+                progress.epoch, progress.offset = progress.epoch + 1, 0
+            save(step)
+
+        checkpoints.wait()
+        params, best = checkpoints.restore_best(abstract_like(state.params))
+        log.info("kept epoch %d (validation %s %.4f)", best["epoch"] + 1, primary, progress.best_score)
+        test = evaluate_split(exp, "test", predict, params, mesh)
+        reporter.eval_line(step, "test", best["epoch"], scalar_metrics(test))
+    finally:
+        guard.restore()
+        checkpoints.close()
+        reporter.close()
+
     results = {
-        "validation": scalar_metrics(best["metrics"]),
+        "validation": scalar_metrics(best["validation"]),
         "test": scalar_metrics(test),
         "best_epoch": best["epoch"] + 1,
         "steps": step,
@@ -244,12 +306,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     }
     (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (workdir / "report.txt").write_text(
-        evaluation.format_report(f"validation (epoch {best['epoch'] + 1})", best["metrics"]) + "\n\n"
+        evaluation.format_report(f"validation (epoch {best['epoch'] + 1})", best["validation"]) + "\n\n"
         + evaluation.format_report("test", test) + "\n",
         encoding="utf-8",
     )
     export(nnx.merge(graphdef, params), exp.tokenizer, workdir / "export")
-    reporter.close()
     log.info("test %s %.4f; results in %s", primary, test[primary], workdir)
     return results
 

@@ -140,8 +140,14 @@ def test_eval_and_export_modes(conll_dir, tmp_path):
     test_f1 = json.loads((tmp_path / "results.json").read_text())["test"]["f1"]
     run.main(args + ["--mode=eval", "--split=test"])
     assert json.loads((tmp_path / "eval_test.json").read_text())["f1"] == test_f1
+    run.main(args + ["--mode=eval", "--split=validation", "--checkpoint=latest"])
+    assert "f1" in json.loads((tmp_path / "eval_validation.json").read_text())
     run.main(args + ["--mode=export", f"--export_dir={tmp_path / 'out'}"])
-    assert transformers.GPT2ForTokenClassification.from_pretrained(tmp_path / "out").config.num_labels == 9
+    exported = transformers.GPT2ForTokenClassification.from_pretrained(tmp_path / "out")
+    assert exported.config.num_labels == 9
+    kept = transformers.GPT2ForTokenClassification.from_pretrained(tmp_path / "export")
+    for (name, a), (_, b) in zip(exported.state_dict().items(), kept.state_dict().items()):
+        assert torch.equal(a, b), name  # the best checkpoint is what training exported
 
 
 def test_config_overrides_are_typed():

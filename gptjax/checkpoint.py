@@ -1,0 +1,190 @@
+"""Orbax checkpoints that let a run continue exactly where it stopped.
+
+WORKDIR/checkpoints/<step> holds the train state (parameters, optimizer state, step) and a JSON
+record of everything else the loop needs: the data position (epoch, batches consumed), the
+early-stopping state, the train metrics not yet logged, the config and the labels. Dropout keys
+are derived from the seed and the step, so the step is the whole RNG state.
+
+WORKDIR/best holds the best model by the validation metric in a manager of its own: rotation
+in the first never deletes it, and it never deletes the latest checkpoint (which `best_fn` on a
+single manager can).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+from gptjax.config import ConfigError
+
+log = logging.getLogger("gptjax")
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on request; the same command resumes
+
+# Config keys a resumed run must share with its checkpoint: they fix the model's shape, the
+# labels, or the order in which batches come. Everything else (epochs, eval interval, logging,
+# patience) may change between runs.
+MUST_MATCH = (
+    "task", "model.name_or_path", "model.init", "model.arch", "tokenizer.name_or_path",
+    "tokenizer.vocab_size", "data.source", "data.hub_config", "data.max_length", "data.buckets",
+    "data.label_all_subwords", "data.synthetic_seed", "data.synthetic_sizes", "train.seed", "train.batch_size",
+)
+
+
+def config_json(config) -> dict:
+    """The config as plain JSON values (tuples become lists), comparable across runs."""
+    return json.loads(config.to_json())
+
+
+def _lookup(tree: dict, key: str):
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def check_compatible(saved: dict, config, labels: list[str], where: Path) -> None:
+    """Refuses to resume from a checkpoint that disagrees with the run in a way that matters."""
+    current = config_json(config)
+    for key in MUST_MATCH:
+        before, now = _lookup(saved["config"], key), _lookup(current, key)
+        if before != now:
+            raise ConfigError(
+                f"{where}: the checkpoint was made with {key}={before!r} but this run has {key}={now!r}; "
+                "use another --workdir, or --config.checkpoint.resume=false to start over"
+            )
+    if saved["labels"] != list(labels):
+        raise ConfigError(f"{where}: the checkpoint's labels {saved['labels']} differ from this run's {list(labels)}")
+
+
+def abstract_like(tree):
+    """Shapes, dtypes and shardings of `tree`: the target Orbax restores into, on this mesh."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+class Checkpoints:
+    """The rotating checkpoints and the best model of one workdir."""
+
+    def __init__(self, workdir: Path, keep: int = 3):
+        self.directory = Path(workdir).resolve() / "checkpoints"
+        self.best_directory = Path(workdir).resolve() / "best"
+        self.keep = keep
+        self.manager = self._manager(self.directory, keep)
+        self.best = self._manager(self.best_directory, 1)
+
+    @staticmethod
+    def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
+        return ocp.CheckpointManager(directory, options=options)
+
+    def save(self, step: int, state, meta: dict) -> None:
+        """Starts writing in the background; training goes on meanwhile."""
+        start = time.perf_counter()
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        log.info("checkpoint %d: save started (%.2f s blocking)", step, time.perf_counter() - start)
+
+    def save_best(self, step: int, params, meta: dict) -> None:
+        # The best manager keeps one: saving a new best replaces the old only once it is complete.
+        self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+
+    def restore_latest(self, target, check=lambda meta: None):
+        """(state, meta) from the newest readable checkpoint, or None if there is none.
+
+        `check(meta)` runs on the checkpoint's JSON record before any array is read, and raises
+        if the run may not resume from it. A checkpoint killed mid-write never appears (Orbax
+        commits by renaming a temporary directory); one damaged after the fact fails to restore,
+        is moved aside to checkpoints/damaged-<step>-<time>, and the one before it is used.
+        """
+        damaged = []
+        restored = None
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+            except Exception as e:  # noqa: BLE001 - an unreadable record makes the checkpoint unusable
+                log.warning("checkpoint %d in %s is damaged (%s: %s); trying the one before it",
+                            step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+                damaged.append(step)
+                continue
+            check(meta)
+            try:
+                state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+                restored = (state, meta)
+                break
+            except Exception as e:  # noqa: BLE001 - any failure to read means this one is unusable
+                log.warning("checkpoint %d in %s is damaged (%s: %s); trying the one before it",
+                            step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+                damaged.append(step)
+        if damaged:
+            # Moved aside (not deleted) so that the step numbers can be written again.
+            self.manager.close()
+            for step in damaged:
+                aside = self.directory / f"damaged-{step}-{int(time.time())}"
+                shutil.move(str(self.directory / str(step)), str(aside))
+            self.manager = self._manager(self.directory, self.keep)
+        return restored
+
+    def restore_best(self, target):
+        """(params, meta) of the best model, or None."""
+        step = self.best.latest_step()
+        if step is None:
+            return None
+        result = self.best.restore(
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+        )
+        return result.params, result.meta
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.wait()
+        self.manager.close()
+        self.best.close()
+
+
+class PreemptionGuard:
+    """Turns SIGTERM / SIGINT into a request the loop honours at the next step boundary.
+
+    The step in flight finishes, a checkpoint is written and waited for, and the run exits with
+    PREEMPTED_EXIT_CODE. A second signal is not caught: it stops the process at once. On several
+    hosts Orbax's preemption sync point makes every host stop (and save) at the same step.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, manager: ocp.CheckpointManager | None = None):
+        self.signal_name = None
+        self.manager = manager
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+
+    def _handle(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+        signal.signal(signum, self._previous[signum])
+        log.warning("%s received: finishing the current step, then saving a checkpoint", self.signal_name)
+
+    def requested(self, step: int) -> bool:
+        if jax.process_count() > 1 and self.manager is not None:
+            return self.manager.reached_preemption(step)
+        return self.signal_name is not None
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Preempted(SystemExit):
+    """The run stopped on request after saving a checkpoint; the same command resumes it."""
+
+    def __init__(self, message: str):
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.message = message
