@@ -8,6 +8,9 @@
                eval: evaluate the workdir's --checkpoint (best or latest) on --split (default test)
                export: write the workdir's --checkpoint to --export_dir as a Hugging Face directory
   --config.a.b=value   override one config key; the value is parsed as the key's type
+
+Several hosts: jax.distributed is started by itself on multi-host TPU VMs and under SLURM, or
+with --coordinator_address=HOST:PORT --num_processes=N --process_id=I on each host.
 """
 
 import argparse
@@ -25,6 +28,9 @@ def parse_args(argv):
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
     parser.add_argument("--export_dir")
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    parser.add_argument("--coordinator_address", help="several hosts: HOST:PORT of process 0")
+    parser.add_argument("--num_processes", type=int)
+    parser.add_argument("--process_id", type=int)
     args, rest = parser.parse_known_args(argv)
     overrides = {}
     for item in rest:
@@ -45,7 +51,15 @@ def main(argv=None):
     except ConfigError as e:
         sys.exit(f"error: {e}")
 
-    from gptjax import workdir_modes
+    from gptjax import sharding, workdir_modes
+
+    # Before anything touches a device: on several hosts every process must join first.
+    sharding.maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    import jax
+
+    if jax.process_count() > 1:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [process {jax.process_index()}] %(message)s", "%H:%M:%S"))
     from gptjax.checkpoint import Preempted
     from gptjax.reporting import NonFiniteError
     from gptjax.data import DataError
@@ -65,6 +79,11 @@ def main(argv=None):
         raise
     except (ConfigError, DataError, SetupError, CheckpointError, NonFiniteError) as e:
         sys.exit(f"error: {e}")
+    finally:
+        if jax.process_count() > 1:
+            # Every process leaves together: one that exits first takes the coordination service
+            # (process 0) or a peer with it, and the others abort.
+            jax.distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -68,6 +68,11 @@ def base_config() -> ConfigDict:
     c.train.patience = config_dict.placeholder(int)  # early stopping: epochs without gain; None = off
     c.train.log_every = 50
 
+    c.mesh = ConfigDict()  # devices per axis; -1 takes the devices left over (see sharding.py)
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+
     c.checkpoint = ConfigDict()
     c.checkpoint.every_steps = 500  # and at each epoch end
     c.checkpoint.keep = 3

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import jax
+
 from gptjax import data, synthetic
 from gptjax.config import ConfigError
 from gptjax.hf import CheckpointError, from_pretrained, resolve_checkpoint
@@ -79,8 +81,11 @@ def load_data(config, workdir: Path) -> dict[str, list]:
     source = cfg.source
     if source == "synthetic":
         # Written out as CoNLL files so the demo runs through the same reader as real data.
-        corpus = synthetic.make_ner_corpus(seed=cfg.synthetic_seed, sizes=tuple(cfg.synthetic_sizes))
-        source = synthetic.write_corpus(corpus, str(workdir / "data"))
+        source = str(workdir / "data")
+        if jax.process_index() == 0:
+            corpus = synthetic.make_ner_corpus(seed=cfg.synthetic_seed, sizes=tuple(cfg.synthetic_sizes))
+            synthetic.write_corpus(corpus, source)
+        _all_processes_reach("synthetic data written")
     if cfg.test_split not in ("test", "validation"):
         raise ConfigError(f"data.test_split={cfg.test_split!r}: choose 'test' or 'validation'")
     names = ("train", "validation", "test") if cfg.test_split == "test" else ("train", "validation")
@@ -95,6 +100,13 @@ def load_data(config, workdir: Path) -> dict[str, list]:
         raise SetupError(f"data.source={source!r}: could not load it ({type(e).__name__}: {e}).\n{OFFLINE_HINT}") from e
     splits.setdefault("test", splits["validation"])
     return splits
+
+
+def _all_processes_reach(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def load_tokenizer(config, train_examples, model_dir: Path | None):
@@ -178,7 +190,8 @@ def prepare(config, workdir: Path, model_dir: Path | None = None) -> Experiment:
     splits = load_data(config, workdir)
     if model_dir is None:
         vocab = data.LabelVocab.from_examples(splits["train"], config.task)
-        vocab.save(str(workdir / LABELS_FILE))
+        if jax.process_index() == 0:
+            vocab.save(str(workdir / LABELS_FILE))
     else:
         vocab = data.LabelVocab.load(str(workdir / LABELS_FILE))
     splits = data.check_labels(splits, vocab, config.task, policy=config.data.unknown_label)

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gptjax.sharding import constrain
+
 HEADS = ("token_classification", "sequence_classification", "causal_lm")
 
 # The activations Hugging Face's GPT2Config may name. "gelu_new" (GPT-2's own) is the tanh
@@ -152,7 +154,7 @@ class Attention(nnx.Module):
         self.attn_dropout_rate = config.attn_pdrop
         self.resid_dropout = nnx.Dropout(config.resid_pdrop)
 
-    def __call__(self, x, mask, keys):  # x: [B, T, D], mask: [B, 1, T, T]
+    def __call__(self, x, mask, lengths, keys):  # x: [B, T, D], mask: [B, 1, T, T], lengths: [B]
         b, t, _ = x.shape
         cfg = self.config
         q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
@@ -161,16 +163,20 @@ class Attention(nnx.Module):
             # dot_product_attention has no dropout on the probabilities; write it out instead.
             y = _attention_with_dropout(q, k, v, mask, self.attn_dropout_rate, keys[0])
         else:
-            y = _fused_attention(q, k, v, mask, cfg.attention)
+            y = _fused_attention(q, k, v, mask, lengths, cfg.attention)
         y = self.c_proj(y.reshape(b, t, cfg.n_embd))
         return self.resid_dropout(y, deterministic=keys is None, rngs=_key(keys, 1))
 
 
-def _fused_attention(q, k, v, mask, implementation):
+def _fused_attention(q, k, v, mask, lengths, implementation):
     if implementation == "cudnn":
+        # cuDNN's flash attention takes causality and right padding as lengths, not as a mask.
         try:
-            return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
-        except Exception:  # noqa: BLE001 - cuDNN refuses some shapes, dtypes and backends
+            return jax.nn.dot_product_attention(
+                q, k, v, is_causal=True, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+                implementation="cudnn",
+            )
+        except Exception:  # noqa: BLE001 - cuDNN refuses some shapes, dtypes and backends (CPU, TPU)
             pass
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
 
@@ -219,9 +225,9 @@ class Block(nnx.Module):
         self.ln_2 = _layer_norm(config, rngs)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, mask, keys):  # keys: None or [3] dropout keys
+    def __call__(self, x, mask, lengths, keys):  # keys: None or [3] dropout keys
         dtype = x.dtype
-        x = x + self.attn(self.ln_1(x).astype(dtype), mask, None if keys is None else keys[:2])
+        x = x + self.attn(self.ln_1(x).astype(dtype), mask, lengths, None if keys is None else keys[:2])
         return x + self.mlp(self.ln_2(x).astype(dtype), _key(keys, 2))
 
 
@@ -252,19 +258,23 @@ class Transformer(nnx.Module):
         x = self.wte(input_ids) + self.wpe(jnp.arange(t))[None]
         keys = None if dropout_key is None else jax.random.split(dropout_key, 1 + 3 * cfg.n_layer)
         x = self.drop(x, deterministic=keys is None, rngs=_key(keys, 0)).astype(dtype)
+        x = constrain(x, "batch", None, None)
 
         # Each query sees earlier real tokens. The diagonal is always open so an all-padding row
         # (the padded tail of an eval batch) still has a finite softmax instead of NaNs.
         causal = jnp.tril(jnp.ones((t, t), dtype=bool))
         key_real = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, T]
         mask = causal[None, None] & (key_real | jnp.eye(t, dtype=bool)[None, None])
+        # At least 1, like the open diagonal: an all-padding row must not be empty.
+        lengths = jnp.maximum(jnp.sum(attention_mask, axis=1), 1).astype(jnp.int32)
 
         graphdef, layers = nnx.split(self.h)
         layer_keys = None if keys is None else keys[1:].reshape(cfg.n_layer, 3, *keys.shape[1:])
 
         def body(x, layer):
             params, lkeys = layer
-            return nnx.merge(graphdef, params)(x, mask, lkeys), None
+            # The residual stream stays split by rows: under FSDP only parameters move.
+            return constrain(nnx.merge(graphdef, params)(x, mask, lengths, lkeys), "batch", None, None), None
 
         if cfg.remat:
             body = jax.checkpoint(body, prevent_cse=False)

@@ -44,18 +44,21 @@ def truncate_metrics(workdir: Path, step: int) -> None:
 
 
 class Reporter:
-    def __init__(self, workdir: Path, total_steps: int, *, resume_step: int | None = None, pending=()):
+    def __init__(self, workdir: Path, total_steps: int, *, resume_step: int | None = None, pending=(), write=True):
+        """`write=False` (every process but the first) checks and logs, but writes no file."""
         from tensorboardX import SummaryWriter
 
-        if resume_step is None:
-            (workdir / METRICS_FILE).unlink(missing_ok=True)
-        else:
-            truncate_metrics(workdir, resume_step)
-        self.metrics_file = open(workdir / METRICS_FILE, "a", encoding="utf-8")
-        self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+        self.metrics_file = self.tensorboard = None
+        if write:
+            if resume_step is None:
+                (workdir / METRICS_FILE).unlink(missing_ok=True)
+            else:
+                truncate_metrics(workdir, resume_step)
+            self.metrics_file = open(workdir / METRICS_FILE, "a", encoding="utf-8")
+            self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
         self.total_steps = total_steps
         self.progress = None
-        if sys.stderr.isatty():
+        if write and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.progress = tqdm(total=total_steps, initial=resume_step or 0, unit="step", dynamic_ncols=True)
@@ -117,6 +120,8 @@ class Reporter:
         self._since = time.perf_counter()  # evaluation time is not training throughput
 
     def write(self, line: dict) -> None:
+        if self.metrics_file is None:
+            return
         self.metrics_file.write(json.dumps(line) + "\n")
         self.metrics_file.flush()
         for key, value in line.items():
@@ -126,5 +131,6 @@ class Reporter:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.close()
-        self.metrics_file.close()
-        self.tensorboard.close()
+        if self.metrics_file is not None:
+            self.metrics_file.close()
+            self.tensorboard.close()

@@ -88,9 +88,12 @@ def masked_cross_entropy(logits, labels):
     return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(valid)
 
 
-def make_train_step(graphdef, tx, *, seed: int, grad_accum_steps: int = 1):
+def make_train_step(graphdef, tx, *, seed: int, grad_accum_steps: int = 1, state_sharding=None):
     """train_step(state, batch) -> (state, metrics); the batch is split into grad_accum_steps
-    micro-batches whose gradients are summed before the single optimizer update."""
+    micro-batches whose gradients are summed before the single optimizer update.
+
+    `state_sharding` (the state's own shardings) pins the new state where the old one was, so
+    that XLA keeps parameters and optimizer state sharded and the step compiles once."""
     base_key = jax.random.key(seed)
 
     def train_step(state: TrainState, batch):
@@ -122,7 +125,8 @@ def make_train_step(graphdef, tx, *, seed: int, grad_accum_steps: int = 1):
         metrics = {"loss": loss_sum / denominator, "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, opt_state), metrics
 
-    return jax.jit(train_step, donate_argnums=(0,))
+    out_shardings = None if state_sharding is None else (state_sharding, None)
+    return jax.jit(train_step, donate_argnums=(0,), out_shardings=out_shardings)
 
 
 def make_predict_step(graphdef):
@@ -136,17 +140,21 @@ def make_predict_step(graphdef):
 
 
 def place_params(model, mesh):
-    """(graphdef, parameters on the mesh): the model split into structure and arrays."""
+    """(graphdef, parameters on the mesh): the model split into structure and arrays, each array
+    sharded by its logical axes (sharding.RULES)."""
     graphdef, params = nnx.split(model)
-    return graphdef, jax.device_put(params, sharding.replicated(mesh))
+    return graphdef, jax.device_put(params, sharding.shardings_for(params, mesh))
 
 
 def init_state(model, tx, mesh) -> tuple[Any, TrainState]:
+    """(graphdef, the train state on the mesh). Every leaf is committed to its sharding, as the
+    step's outputs will be, so the second call does not compile the step again."""
     graphdef, params = place_params(model, mesh)
-    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-    # Every leaf committed to the mesh, as the step's outputs will be: otherwise the second call
-    # sees other input shardings and compiles the step again.
-    return graphdef, jax.device_put(state, sharding.replicated(mesh))
+    abstract = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), params)
+    shardings = sharding.shardings_for(abstract, mesh)
+    # Built inside jit straight into its shardings: the optimizer state is never whole on one device.
+    state = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), out_shardings=shardings)(params)
+    return graphdef, state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +165,13 @@ def evaluate_split(exp: Experiment, split: str, predict, params, mesh) -> dict:
     """Metrics of one split through the shared evaluation module; every example counted."""
     evaluator = evaluation.make_evaluator(exp.task, exp.encoded[split].examples, exp.vocab.names)
     batches = eval_batches(exp, split)
-    return evaluator.run(lambda batch: np.asarray(predict(params, sharding.put_batch(batch, mesh))), batches)
+    rows = sharding.process_rows(exp.config.train.eval_batch_size)
+    return evaluator.run(lambda b: sharding.to_host(predict(params, sharding.put_batch(_rows(b, rows), mesh))), batches)
+
+
+def _rows(batch, rows: slice):
+    """This process's rows of a batch (all of them with one process)."""
+    return batch if jax.process_count() == 1 else {k: v[rows] for k, v in batch.items()}
 
 
 def eval_batches(exp: Experiment, split: str):
@@ -203,7 +217,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    mesh = sharding.make_mesh()
+    mesh = sharding.make_mesh(config.mesh)
     _check_config(config, mesh)
     exp = prepare(config, workdir)
     cfg = config.train
@@ -231,11 +245,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
         checkpoints.close()
         raise ConfigError(f"{workdir}: holds checkpoints; with checkpoint.resume=false use an empty --workdir")
 
-    train_step = make_train_step(graphdef, tx, seed=cfg.seed, grad_accum_steps=cfg.grad_accum_steps)
-    predict = make_predict_step(graphdef)
+    train_step = sharding.under_mesh(mesh, make_train_step(
+        graphdef, tx, seed=cfg.seed, grad_accum_steps=cfg.grad_accum_steps,
+        state_sharding=jax.tree.map(lambda x: x.sharding, state)))
+    predict = sharding.under_mesh(mesh, make_predict_step(graphdef))
     primary = evaluation.primary_metric(exp.task)
     step = int(state.step)
-    reporter = Reporter(workdir, total_steps, resume_step=step if restored is not None else None, pending=pending)
+    reporter = Reporter(workdir, total_steps, resume_step=step if restored is not None else None, pending=pending,
+                        write=jax.process_index() == 0)
     guard = PreemptionGuard(checkpoints.manager)
     log.info("training %s: %d examples, %d steps per epoch, %d steps, %d devices",
              exp.task, len(train_split), steps_per_epoch, total_steps, mesh.size)
@@ -244,6 +261,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         meta = {"progress": dataclasses.asdict(progress), "pending_metrics": reporter.settle(),
                 "config": config_json(config), "labels": exp.vocab.names}
         checkpoints.save(step, state, meta)
+
+    rows = sharding.process_rows(cfg.batch_size)
 
     def done():
         # Recomputed rather than stored, so that resuming with more epochs trains on.
@@ -257,7 +276,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 if step >= total_steps:
                     break
                 reporter.count_tokens(int(batch["attention_mask"].sum()))
-                state, metrics = train_step(state, sharding.put_batch(batch, mesh))
+                state, metrics = train_step(state, sharding.put_batch(_rows(batch, rows), mesh))
                 step += 1
                 progress.offset += 1
                 reporter.pending(step, metrics)
@@ -304,6 +323,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         "steps": step,
         "num_truncated": {split: enc.num_truncated for split, enc in exp.encoded.items()},
     }
+    if jax.process_index() != 0:  # one host writes what a person reads
+        return results
     (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (workdir / "report.txt").write_text(
         evaluation.format_report(f"validation (epoch {best['epoch'] + 1})", best["validation"]) + "\n\n"

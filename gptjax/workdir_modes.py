@@ -27,7 +27,7 @@ WHICH = ("best", "latest")
 def load_trained(config, workdir, which: str = "best"):
     """(experiment, graphdef, params on the mesh, mesh) of a trained workdir."""
     workdir = Path(workdir)
-    mesh = sharding.make_mesh()
+    mesh = sharding.make_mesh(config.mesh)
     if not (workdir / "checkpoints").is_dir():
         export_dir = workdir / "export"
         if which != "best" or not (export_dir / "config.json").is_file():

@@ -200,3 +200,13 @@ def test_bad_data_stops_before_training(tmp_path, conll_dir):
     assert out.returncode != 0
     assert "validation.conll" in out.stderr and "line 4" in out.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_demo_reaches_its_f1_in_float32_and_bfloat16(tmp_path):
+    """The main job: the demo config as the README runs it, and in bfloat16 compute."""
+    f1 = {}
+    for dtype in ("float32", "bfloat16"):
+        config = apply_overrides(load_config("demo"), {"model.dtype": dtype})
+        f1[dtype] = train_and_evaluate(config, str(tmp_path / dtype))["test"]["f1"]
+    assert f1["float32"] >= 0.9, f1
+    assert abs(f1["bfloat16"] - f1["float32"]) < 0.03, f1

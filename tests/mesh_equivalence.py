@@ -1,0 +1,66 @@
+"""Run as a script with 8 (fake CPU) devices: trains a tiny model 20 steps under several mesh
+layouts and prints, as JSON, the losses, final parameters and bytes per device of each.
+tests/test_sharding.py compares the layouts; a script because the device count must be set
+before jax is imported."""
+
+import json
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gptjax import sharding  # noqa: E402
+from gptjax.config import base_config  # noqa: E402
+from gptjax.model import GPT2Config, init_model  # noqa: E402
+from gptjax.train import init_state, make_optimizer, make_train_step  # noqa: E402
+
+LAYOUTS = {
+    "single": dict(data=1, fsdp=1, tensor=1),
+    "data8": dict(data=8, fsdp=1, tensor=1),
+    "fsdp8": dict(data=1, fsdp=8, tensor=1),
+    "tensor2_data4": dict(data=4, fsdp=1, tensor=2),
+    "fsdp4_tensor2": dict(data=1, fsdp=4, tensor=2),
+}
+CONFIG = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=96, n_positions=32, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+
+
+def batches(steps=20, rows=16, length=24):
+    rng = np.random.RandomState(0)
+    for _ in range(steps):
+        mask = (np.arange(length)[None] < rng.randint(4, length + 1, (rows, 1))).astype(np.int32)
+        labels = np.where(mask == 1, rng.randint(0, 5, (rows, length)), -100).astype(np.int32)
+        yield {"input_ids": rng.randint(0, 96, (rows, length)).astype(np.int32), "attention_mask": mask, "labels": labels}
+
+
+def bytes_per_device(tree):
+    per_device = {}
+    for leaf in jax.tree.leaves(tree):
+        for shard in leaf.addressable_shards:
+            per_device[shard.device.id] = per_device.get(shard.device.id, 0) + shard.data.nbytes
+    return max(per_device.values())
+
+
+def run(layout):
+    devices = jax.devices()[:1] if layout == "single" else jax.devices()
+    mesh = sharding.make_mesh(LAYOUTS[layout], devices)
+    cfg = base_config().train
+    cfg.learning_rate, cfg.warmup_steps = 1e-3, 2
+    tx, _ = make_optimizer(cfg, 20)
+    graphdef, state = init_state(init_model(CONFIG, "token_classification", num_labels=5, seed=0), tx, mesh)
+    sizes = {"params": bytes_per_device(state.params), "opt_state": bytes_per_device(state.opt_state),
+             "c_fc_kernel_shard": list(state.params["transformer"]["h"]["mlp"]["c_fc"]["kernel"][...].addressable_shards[0].data.shape)}
+    step = sharding.under_mesh(mesh, make_train_step(graphdef, tx, seed=0, state_sharding=jax.tree.map(lambda x: x.sharding, state)))
+    losses = []
+    for batch in batches():
+        state, metrics = step(state, sharding.put_batch(batch, mesh))
+        losses.append(metrics["loss"])
+    params = {jax.tree_util.keystr(p): np.asarray(v).tolist() for p, v in jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))}
+    return {"losses": [float(l) for l in losses], "params": params, "bytes": sizes}
+
+
+if __name__ == "__main__":
+    print(json.dumps({layout: run(layout) for layout in sys.argv[1:] or LAYOUTS}))
