@@ -7,6 +7,8 @@
                  same command on the same workdir resumes from the latest checkpoint
                eval: evaluate the workdir's --checkpoint (best or latest) on --split (default test)
                export: write the workdir's --checkpoint to --export_dir as a Hugging Face directory
+               benchmark: time the config's train and eval steps on synthetic batches (random
+                 weights, no data); writes WORKDIR/benchmark.json, appends it to --results
   --config.a.b=value   override one config key; the value is parsed as the key's type
 
 Several hosts: jax.distributed is started by itself on multi-host TPU VMs and under SLURM, or
@@ -24,10 +26,13 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--mode", default="train", choices=("train", "eval", "export"))
+    parser.add_argument("--mode", default="train", choices=("train", "eval", "export", "benchmark"))
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
     parser.add_argument("--export_dir")
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    parser.add_argument("--results", help="benchmark: a JSONL file to append the record to")
+    parser.add_argument("--benchmark_steps", type=int, default=10, help="benchmark: timed steps")
+    parser.add_argument("--benchmark_warmup", type=int, default=2, help="benchmark: untimed steps after compiling")
     parser.add_argument("--coordinator_address", help="several hosts: HOST:PORT of process 0")
     parser.add_argument("--num_processes", type=int)
     parser.add_argument("--process_id", type=int)
@@ -70,6 +75,11 @@ def main(argv=None):
     try:
         if args.mode == "train":
             train_and_evaluate(config, args.workdir)
+        elif args.mode == "benchmark":
+            from gptjax import benchmark
+
+            benchmark.run(config, args.workdir, config_name=args.config, results=args.results,
+                          steps=args.benchmark_steps, warmup=args.benchmark_warmup)
         elif args.mode == "eval":
             workdir_modes.evaluate(config, args.workdir, args.split, args.checkpoint)
         else:

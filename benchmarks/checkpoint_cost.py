@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 from gptjax import sharding
 from gptjax.checkpoint import Checkpoints
@@ -29,6 +30,10 @@ def main():
 
     tx, _ = make_optimizer(base_config().train, 100)
     _, state = init_state(init_model(args.size, "token_classification", num_labels=9), tx, sharding.make_mesh())
+    # Random moments, as after training: zeros (a fresh AdamW) would compress to nothing on disk.
+    keys = iter(jax.random.split(jax.random.key(0), len(jax.tree.leaves(state))))
+    state = jax.tree.map(lambda x: x + 1e-3 * jax.random.normal(next(keys), x.shape, x.dtype)
+                         if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
     blocked, total = [], []
     with tempfile.TemporaryDirectory() as tmp:
