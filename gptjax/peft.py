@@ -105,8 +105,11 @@ class LoRALinear(nnx.Linear):
             x = jnp.where(keep, x / (1.0 - self.lora_dropout), 0.0).astype(x.dtype)
         x, a, b = self.promote_dtype((x, self.lora_a[...], self.lora_b[...]), dtype=self.dtype)
         # (x A) B: two thin matmuls, never the [in, out] product, so the backward pass computes no
-        # full-size weight gradient.
-        return y + ((x @ a) @ b) * jnp.asarray(self.lora_scale, y.dtype)
+        # full-size weight gradient. On [B * T, in] rather than [B, T, in]: XLA:CPU runs the
+        # backward of the 3-D form (contracting over two axes) about twice as slowly as the whole
+        # frozen layer's.
+        delta = ((x.reshape(-1, x.shape[-1]) @ a) @ b).reshape(*x.shape[:-1], b.shape[-1])
+        return y + delta * jnp.asarray(self.lora_scale, y.dtype)
 
     def merged_kernel(self) -> jax.Array:
         """W + (alpha / r) A B in float32, for any leading (stacked-layer) axes."""

@@ -130,6 +130,7 @@ class Predictor:
 
         sharding.check_batch_size(self.batch_size, self.mesh, "train.eval_batch_size")
         self.vocab = data.LabelVocab(self.labels)
+        self.num_truncated = 0  # lines cut at max_length so far
         if self.task == "token":
             self.step = make_predict_step(self.graphdef)  # the one evaluation uses
         else:
@@ -150,8 +151,10 @@ class Predictor:
         cut = [len(ids) > self.max_length for ids in encoded.input_ids]
         for n, flag in zip(numbers, cut):
             if flag:
-                log.warning("line %d: longer than data.max_length=%d tokens; cut there (its output says truncated)",
-                            n, self.max_length)
+                self.num_truncated += 1
+                if self.num_truncated <= _MAX_WARNINGS:
+                    log.warning("line %d: longer than data.max_length=%d tokens; cut there (its output says "
+                                "truncated)", n, self.max_length)
         trim = lambda arrays: None if arrays is None else [a[: self.max_length] for a in arrays]  # noqa: E731
         labels = trim(encoded.labels) if encoded.task == "token" else encoded.labels
         return data.EncodedSplit(encoded.task, trim(encoded.input_ids), labels, trim(encoded.word_index), sum(cut),
@@ -278,5 +281,6 @@ def run(predictor: Predictor, input_path: str | None = None, output_path: str | 
             source.close()
         if output_path:
             sink.close()
-    log.info("predicted %d lines", count)
+    log.info("predicted %d lines; %d longer than data.max_length=%d tokens were cut", count, predictor.num_truncated,
+             predictor.max_length)
     return count
