@@ -9,6 +9,11 @@
                export: write the workdir's --checkpoint to --export_dir as a Hugging Face directory
                benchmark: time the config's train and eval steps on synthetic batches (random
                  weights, no data); writes WORKDIR/benchmark.json, appends it to --results
+               predict: tag or classify raw text, a sentence or document a line, from --input (or
+                 standard input) to --output (or standard output) as JSON Lines; the model is the
+                 workdir's --checkpoint, or an exported directory given as --model_dir (then
+                 --workdir and --config are optional: the config only sets max_length, buckets and
+                 the batch size)
   --config.a.b=value   override one config key; the value is parsed as the key's type
 
 Several hosts: jax.distributed is started by itself on multi-host TPU VMs and under SLURM, or
@@ -19,14 +24,14 @@ import argparse
 import logging
 import sys
 
-from gptjax.config import ConfigError, apply_overrides, load_config
+from gptjax.config import ConfigError, apply_overrides, base_config, load_config
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--mode", default="train", choices=("train", "eval", "export", "benchmark"))
+    parser.add_argument("--config")
+    parser.add_argument("--workdir")
+    parser.add_argument("--mode", default="train", choices=("train", "eval", "export", "benchmark", "predict"))
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
     parser.add_argument("--export_dir")
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
@@ -36,7 +41,14 @@ def parse_args(argv):
     parser.add_argument("--coordinator_address", help="several hosts: HOST:PORT of process 0")
     parser.add_argument("--num_processes", type=int)
     parser.add_argument("--process_id", type=int)
+    parser.add_argument("--input", help="predict: a text file, one sentence or document a line (default: standard input)")
+    parser.add_argument("--output", help="predict: where the JSON Lines go (default: standard output)")
+    parser.add_argument("--model_dir", help="predict: an exported Hugging Face directory to use instead of a workdir")
     args, rest = parser.parse_known_args(argv)
+    if not (args.mode == "predict" and args.model_dir):
+        for flag in ("config", "workdir"):
+            if getattr(args, flag) is None:
+                parser.error(f"--{flag} is required" + (" (or --model_dir)" if args.mode == "predict" else ""))
     overrides = {}
     for item in rest:
         if not item.startswith("--config.") or "=" not in item:
@@ -52,7 +64,7 @@ def main(argv=None):
     for noisy in ("absl", "jax", "httpx", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        config = apply_overrides(load_config(args.config), overrides)
+        config = apply_overrides(load_config(args.config) if args.config else base_config(), overrides)
     except ConfigError as e:
         sys.exit(f"error: {e}")
 
@@ -65,6 +77,7 @@ def main(argv=None):
     if jax.process_count() > 1:
         for handler in logging.getLogger().handlers:
             handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [process {jax.process_index()}] %(message)s", "%H:%M:%S"))
+    from gptjax import predict
     from gptjax.checkpoint import Preempted
     from gptjax.reporting import NonFiniteError
     from gptjax.data import DataError
@@ -82,8 +95,14 @@ def main(argv=None):
                           steps=args.benchmark_steps, warmup=args.benchmark_warmup)
         elif args.mode == "eval":
             workdir_modes.evaluate(config, args.workdir, args.split, args.checkpoint)
-        else:
+        elif args.mode == "export":
             workdir_modes.export(config, args.workdir, args.export_dir, args.checkpoint)
+        else:
+            if args.model_dir:
+                predictor = predict.from_export(args.model_dir, config)
+            else:
+                predictor = predict.from_workdir(config, args.workdir, args.checkpoint)
+            predict.run(predictor, args.input, args.output)
     except Preempted as e:
         print(e.message, file=sys.stderr)
         raise

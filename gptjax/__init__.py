@@ -2,6 +2,7 @@
 
 from gptjax.hf import CheckpointError, from_pretrained, save_pretrained
 from gptjax.model import GPT2, HEADS, SIZES, GPT2Config, abstract_model, count_params, init_model
+from gptjax.peft import add_lora, merge_lora
 
 __all__ = [
     "GPT2",
@@ -10,8 +11,10 @@ __all__ = [
     "SIZES",
     "CheckpointError",
     "abstract_model",
+    "add_lora",
     "count_params",
     "from_pretrained",
     "init_model",
+    "merge_lora",
     "save_pretrained",
 ]

@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from gptjax.config import ConfigError
+from gptjax.config import ConfigError, base_config
 
 log = logging.getLogger("gptjax")
 
@@ -35,6 +35,7 @@ MUST_MATCH = (
     "task", "model.name_or_path", "model.init", "model.arch", "tokenizer.name_or_path",
     "tokenizer.vocab_size", "data.source", "data.hub_config", "data.max_length", "data.buckets",
     "data.label_all_subwords", "data.synthetic_seed", "data.synthetic_sizes", "train.seed", "train.batch_size",
+    "train.freeze", "train.trainable_blocks", "lora.rank", "lora.alpha", "lora.targets",
 )
 
 
@@ -43,17 +44,24 @@ def config_json(config) -> dict:
     return json.loads(config.to_json())
 
 
-def _lookup(tree: dict, key: str):
+_MISSING = object()
+
+
+def _lookup(tree: dict, key: str, missing=None):
     for part in key.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
+        tree = tree.get(part, missing) if isinstance(tree, dict) else missing
     return tree
 
 
 def check_compatible(saved: dict, config, labels: list[str], where: Path) -> None:
     """Refuses to resume from a checkpoint that disagrees with the run in a way that matters."""
     current = config_json(config)
+    defaults = None
     for key in MUST_MATCH:
-        before, now = _lookup(saved["config"], key), _lookup(current, key)
+        before, now = _lookup(saved["config"], key, _MISSING), _lookup(current, key)
+        if before is _MISSING:  # a key newer than the checkpoint: it was made with the default
+            defaults = defaults or config_json(base_config())
+            before = _lookup(defaults, key)
         if before != now:
             raise ConfigError(
                 f"{where}: the checkpoint was made with {key}={before!r} but this run has {key}={now!r}; "

@@ -67,6 +67,18 @@ def base_config() -> ConfigDict:
     c.train.adam_eps = 1e-8
     c.train.patience = config_dict.placeholder(int)  # early stopping: epochs without gain; None = off
     c.train.log_every = 50
+    # Which parameters train (gptjax/peft.py): "none" (all of them), "head_only" (the task head), or
+    # "top_k" (the top train.trainable_blocks blocks, the final LayerNorm and the head).
+    c.train.freeze = "none"
+    c.train.trainable_blocks = config_dict.placeholder(int)  # K, for freeze="top_k"
+
+    # LoRA adapters on the blocks' projections (rank 0: off). Only the adapters and the task head
+    # train; exports fold them into the weights (W + alpha / rank * A B).
+    c.lora = ConfigDict()
+    c.lora.rank = 0
+    c.lora.alpha = 16.0
+    c.lora.dropout = 0.0  # on the adapters' input
+    c.lora.targets = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
     c.mesh = ConfigDict()  # devices per axis; -1 takes the devices left over (see sharding.py)
     c.mesh.data = -1

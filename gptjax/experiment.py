@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import jax
 
-from gptjax import data, synthetic
+from gptjax import data, peft, synthetic
 from gptjax.config import ConfigError
 from gptjax.hf import CheckpointError, from_pretrained, resolve_checkpoint
 from gptjax.model import GPT2, GPT2Config, init_model
@@ -143,13 +143,15 @@ def build_model(config, vocab: data.LabelVocab, tokenizer, model_dir: Path | Non
         model_config = base.replace(
             vocab_size=len(tokenizer), bos_token_id=special, eos_token_id=special, **arch, **model_overrides(config)
         )
-        return init_model(model_config, head, labels=vocab.names, seed=config.train.seed)
-    if cfg.init != "pretrained":
+        model = init_model(model_config, head, labels=vocab.names, seed=config.train.seed)
+    elif cfg.init == "pretrained":
+        model = from_pretrained(
+            str(model_dir), head, labels=vocab.names, reinit_head=cfg.reinit_head,
+            seed=config.train.seed, **model_overrides(config),
+        )
+    else:
         raise ConfigError(f"model.init={cfg.init!r}: choose 'pretrained' or 'scratch'")
-    return from_pretrained(
-        str(model_dir), head, labels=vocab.names, reinit_head=cfg.reinit_head,
-        seed=config.train.seed, **model_overrides(config),
-    )
+    return peft.adapt(model, config)  # LoRA adapters, or the frozen bottom blocks marked
 
 
 def checkpoint_dir(config) -> Path | None:
@@ -181,6 +183,7 @@ def prepare(config, workdir: Path, model_dir: Path | None = None) -> Experiment:
     """
     if config.task not in HEAD_OF_TASK:
         raise ConfigError(f"task={config.task!r}: choose 'token' or 'sequence'")
+    peft.check_config(config)
     sources = [config.data.source, config.tokenizer.name_or_path]
     if model_dir is None and config.model.init == "pretrained":
         sources.append(config.model.name_or_path)

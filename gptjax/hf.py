@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from gptjax.model import GPT2, GPT2Config, make_head
+from gptjax.peft import merge_lora
 
 log = logging.getLogger("gptjax")
 
@@ -234,6 +235,7 @@ def _check_leftovers(tensors: dict, consumed: set[str]) -> None:
 
 def to_hf_state_dict(model: GPT2) -> dict[str, np.ndarray]:
     """The model's parameters under Hugging Face's task-model names and layouts, as numpy."""
+    model = merge_lora(model)  # adapters folded into their kernels: the export is a plain GPT-2
     out = {}
     n_layer = model.config.n_layer
     for path, value in _flat_params(model).items():

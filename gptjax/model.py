@@ -157,14 +157,14 @@ class Attention(nnx.Module):
     def __call__(self, x, mask, lengths, keys):  # x: [B, T, D], mask: [B, 1, T, T], lengths: [B]
         b, t, _ = x.shape
         cfg = self.config
-        q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
+        q, k, v = jnp.split(_project(self.c_attn, x, _key(keys, 0), 1), 3, axis=-1)
         q, k, v = (a.reshape(b, t, cfg.n_head, cfg.head_dim) for a in (q, k, v))  # [B, T, H, Dh]
         if keys is not None and self.attn_dropout_rate > 0:
             # dot_product_attention has no dropout on the probabilities; write it out instead.
             y = _attention_with_dropout(q, k, v, mask, self.attn_dropout_rate, keys[0])
         else:
             y = _fused_attention(q, k, v, mask, lengths, cfg.attention)
-        y = self.c_proj(y.reshape(b, t, cfg.n_embd))
+        y = _project(self.c_proj, y.reshape(b, t, cfg.n_embd), _key(keys, 1), 1)
         return self.resid_dropout(y, deterministic=keys is None, rngs=_key(keys, 1))
 
 
@@ -194,6 +194,15 @@ def _key(keys, i):
     return None if keys is None else keys[i]
 
 
+def _project(layer, x, key, salt):
+    """layer(x). A projection with a LoRA adapter (gptjax.peft.LoRALinear) also takes a dropout key
+    for the adapter's input, folded from `key` with `salt`: the keys the model already draws are
+    untouched, so models without adapters drop out exactly as they did."""
+    if getattr(layer, "takes_dropout_key", False):
+        return layer(x, dropout_key=None if key is None else jax.random.fold_in(key, salt))
+    return layer(x)
+
+
 class MLP(nnx.Module):
     def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs):
         d, std = config.n_embd, config.initializer_range
@@ -207,7 +216,7 @@ class MLP(nnx.Module):
         self.dropout = nnx.Dropout(config.resid_pdrop)
 
     def __call__(self, x, key):
-        y = self.c_proj(self.act(self.c_fc(x)))
+        y = _project(self.c_proj, self.act(_project(self.c_fc, x, key, 1)), key, 2)
         return self.dropout(y, deterministic=key is None, rngs=key)
 
 
@@ -248,6 +257,9 @@ class Transformer(nnx.Module):
 
         self.h = stacked_blocks(rngs)
         self.ln_f = _layer_norm(config, rngs)
+        # The bottom blocks that do not train (train.freeze=top_k; set by gptjax.peft): they run in a
+        # scan of their own under stop_gradient, so the backward pass stops at the first trained block.
+        self.frozen_layers = 0
 
     def __call__(self, input_ids, attention_mask, dropout_key=None):  # [B, T] -> [B, T, D]
         cfg = self.config
@@ -278,6 +290,10 @@ class Transformer(nnx.Module):
 
         if cfg.remat:
             body = jax.checkpoint(body, prevent_cse=False)
+        if f := self.frozen_layers:
+            frozen = jax.tree.map(lambda a: jax.lax.stop_gradient(a[:f]), layers)
+            x, _ = jax.lax.scan(body, x, (frozen, None if keys is None else layer_keys[:f]))
+            layers, layer_keys = jax.tree.map(lambda a: a[f:], layers), None if keys is None else layer_keys[f:]
         x, _ = jax.lax.scan(body, x, (layers, layer_keys))
         return self.ln_f(x)  # float32
 

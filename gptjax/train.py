@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from gptjax import evaluation, sharding
+from gptjax import evaluation, peft, sharding
 from gptjax.checkpoint import Checkpoints, Preempted, PreemptionGuard, abstract_like, check_compatible, config_json
 from gptjax.config import ConfigError
 from gptjax.data import IGNORE_INDEX, epoch_batches, num_batches
@@ -54,13 +54,14 @@ def learning_rate_schedule(train_cfg, total_steps: int) -> optax.Schedule:
 
 
 def decay_mask(params):
-    """Weight decay on matrices only: kernels and embeddings, not biases or LayerNorm scales.
+    """Weight decay on matrices only: kernels, embeddings and LoRA adapters, not biases or LayerNorm
+    scales.
 
     Decided by name rather than rank, since stacked blocks give biases and scales a layer axis.
     """
     def is_matrix(path, _):
         names = {str(getattr(k, "key", getattr(k, "name", ""))) for k in path}
-        return bool(names & {"kernel", "embedding"})
+        return bool(names & {"kernel", "embedding", "lora_a", "lora_b"})
 
     return jax.tree_util.tree_map_with_path(is_matrix, params)
 
@@ -88,15 +89,18 @@ def masked_cross_entropy(logits, labels):
     return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(valid)
 
 
-def make_train_step(graphdef, tx, *, seed: int, grad_accum_steps: int = 1, state_sharding=None):
-    """train_step(state, batch) -> (state, metrics); the batch is split into grad_accum_steps
-    micro-batches whose gradients are summed before the single optimizer update.
+def make_train_step(graphdef, tx, *, seed: int, grad_accum_steps: int = 1, partition: peft.Partition = peft.FULL,
+                    state_sharding=None):
+    """train_step(state, batch, frozen=None) -> (state, metrics); the batch is split into
+    grad_accum_steps micro-batches whose gradients are summed before the single optimizer update.
 
-    `state_sharding` (the state's own shardings) pins the new state where the old one was, so
-    that XLA keeps parameters and optimizer state sharded and the step compiles once."""
+    state.params holds what trains; `frozen` the rest (partition.split's halves, gptjax/peft.py).
+    The frozen parameters are an input, not a closed-over constant, so XLA neither embeds nor
+    copies them, and they get no gradient. `state_sharding` (the state's own shardings) pins the
+    new state where the old one was, so that it stays sharded and the step compiles once."""
     base_key = jax.random.key(seed)
 
-    def train_step(state: TrainState, batch):
+    def train_step(state: TrainState, batch, frozen=None):
         # Rows i, i+A, i+2A, ... form micro-batch i: the split stays local to each device's rows.
         micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(-1, grad_accum_steps, *x.shape[1:]), 0, 1), batch)
         step_key = jax.random.fold_in(base_key, state.step)
@@ -106,7 +110,7 @@ def make_train_step(graphdef, tx, *, seed: int, grad_accum_steps: int = 1, state
             index, mb = inputs
 
             def loss_fn(params):
-                model = nnx.merge(graphdef, params)
+                model = nnx.merge(graphdef, partition.merge(params, frozen))
                 logits = model(mb["input_ids"], mb["attention_mask"], dropout_key=jax.random.fold_in(step_key, index))
                 return masked_cross_entropy(logits, mb["labels"])
 
@@ -129,11 +133,12 @@ def make_train_step(graphdef, tx, *, seed: int, grad_accum_steps: int = 1, state
     return jax.jit(train_step, donate_argnums=(0,), out_shardings=out_shardings)
 
 
-def make_predict_step(graphdef):
-    """predict(params, batch) -> the argmax class ids, [B, T] or [B]."""
+def make_predict_step(graphdef, partition: peft.Partition = peft.FULL):
+    """predict(params, batch, frozen=None) -> the argmax class ids, [B, T] or [B]. With a
+    partition, params and frozen are its two halves."""
 
-    def predict(params, batch):
-        logits = nnx.merge(graphdef, params)(batch["input_ids"], batch["attention_mask"])
+    def predict(params, batch, frozen=None):
+        logits = nnx.merge(graphdef, partition.merge(params, frozen))(batch["input_ids"], batch["attention_mask"])
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     return jax.jit(predict)
@@ -157,16 +162,27 @@ def init_state(model, tx, mesh) -> tuple[Any, TrainState]:
     return graphdef, state
 
 
+def init_train_state(model, tx, mesh, partition: peft.Partition) -> tuple[Any, TrainState, Any]:
+    """(graphdef, state, frozen): init_state for training part of the model. The state holds the
+    trainable parameters and an optimizer state for them alone; `frozen` the rest."""
+    graphdef, params = place_params(model, mesh)
+    trainable, frozen = partition.split(params)
+    state = TrainState(jnp.zeros((), jnp.int32), trainable, tx.init(trainable))
+    # Committed to their shardings, as in init_state (the split's slices are new arrays).
+    return graphdef, *jax.device_put((state, frozen), sharding.shardings_for((state, frozen), mesh))
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 
 
-def evaluate_split(exp: Experiment, split: str, predict, params, mesh) -> dict:
+def evaluate_split(exp: Experiment, split: str, predict, params, mesh, frozen=None) -> dict:
     """Metrics of one split through the shared evaluation module; every example counted."""
     evaluator = evaluation.make_evaluator(exp.task, exp.encoded[split].examples, exp.vocab.names)
     batches = eval_batches(exp, split)
     rows = sharding.process_rows(exp.config.train.eval_batch_size)
-    return evaluator.run(lambda b: sharding.to_host(predict(params, sharding.put_batch(_rows(b, rows), mesh))), batches)
+    return evaluator.run(
+        lambda b: sharding.to_host(predict(params, sharding.put_batch(_rows(b, rows), mesh), frozen)), batches)
 
 
 def _rows(batch, rows: slice):
@@ -228,14 +244,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     tx, schedule = make_optimizer(cfg, total_steps)
-    graphdef, state = init_state(exp.model, tx, mesh)
-    exp.model = None  # the state holds the parameters from here on
+    partition = peft.partition(config, exp.model)
+    graphdef, state, frozen = init_train_state(exp.model, tx, mesh, partition)
+    exp.model = None  # the state (and `frozen`) hold the parameters from here on
+    base = peft.checksum(frozen)  # what checkpoints record of the base they need
+    trainable_params, total_params = peft.count(state.params), peft.count(state.params) + peft.count(frozen)
 
     checkpoints = Checkpoints(workdir, config.checkpoint.keep)
     progress, pending = Progress(), []
     restored = None
     if config.checkpoint.resume:
-        check = lambda meta: check_compatible(meta, config, exp.vocab.names, checkpoints.directory)  # noqa: E731
+        def check(meta):
+            check_compatible(meta, config, exp.vocab.names, checkpoints.directory)
+            peft.check_base(meta.get("base"), base, checkpoints.directory)
+
         restored = checkpoints.restore_latest(abstract_like(state), check)
     if restored is not None:
         state, meta = restored
@@ -246,20 +268,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
         raise ConfigError(f"{workdir}: holds checkpoints; with checkpoint.resume=false use an empty --workdir")
 
     train_step = sharding.under_mesh(mesh, make_train_step(
-        graphdef, tx, seed=cfg.seed, grad_accum_steps=cfg.grad_accum_steps,
+        graphdef, tx, seed=cfg.seed, grad_accum_steps=cfg.grad_accum_steps, partition=partition,
         state_sharding=jax.tree.map(lambda x: x.sharding, state)))
-    predict = sharding.under_mesh(mesh, make_predict_step(graphdef))
+    predict = sharding.under_mesh(mesh, make_predict_step(graphdef, partition))
     primary = evaluation.primary_metric(exp.task)
     step = int(state.step)
     reporter = Reporter(workdir, total_steps, resume_step=step if restored is not None else None, pending=pending,
                         write=jax.process_index() == 0)
     guard = PreemptionGuard(checkpoints.manager)
-    log.info("training %s: %d examples, %d steps per epoch, %d steps, %d devices",
-             exp.task, len(train_split), steps_per_epoch, total_steps, mesh.size)
+    log.info("training %s: %d examples, %d steps per epoch, %d steps, %d devices, %d of %d parameters (%.2f%%)",
+             exp.task, len(train_split), steps_per_epoch, total_steps, mesh.size, trainable_params, total_params,
+             100 * trainable_params / total_params)
 
     def save(step):
         meta = {"progress": dataclasses.asdict(progress), "pending_metrics": reporter.settle(),
-                "config": config_json(config), "labels": exp.vocab.names}
+                "config": config_json(config), "labels": exp.vocab.names, "base": base}
         checkpoints.save(step, state, meta)
 
     rows = sharding.process_rows(cfg.batch_size)
@@ -276,7 +299,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 if step >= total_steps:
                     break
                 reporter.count_tokens(int(batch["attention_mask"].sum()))
-                state, metrics = train_step(state, sharding.put_batch(_rows(batch, rows), mesh))
+                state, metrics = train_step(state, sharding.put_batch(_rows(batch, rows), mesh), frozen)
                 step += 1
                 progress.offset += 1
                 reporter.pending(step, metrics)
@@ -291,11 +314,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     save(step)
             reporter.flush_train(progress.epoch, schedule)
 
-            val = evaluate_split(exp, "validation", predict, state.params, mesh)
+            val = evaluate_split(exp, "validation", predict, state.params, mesh, frozen)
             reporter.eval_line(step, "validation", progress.epoch, scalar_metrics(val))
             if progress.best_score is None or val[primary] > progress.best_score:
                 progress.best_score, progress.best_epoch, progress.epochs_without_gain = val[primary], progress.epoch, 0
-                checkpoints.save_best(step, state.params, {"epoch": progress.epoch, "validation": val})
+                checkpoints.save_best(step, state.params, {"epoch": progress.epoch, "validation": val, "base": base})
             else:
                 progress.epochs_without_gain += 1
             if cfg.patience is not None and progress.epochs_without_gain >= cfg.patience:
@@ -309,7 +332,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         checkpoints.wait()
         params, best = checkpoints.restore_best(abstract_like(state.params))
         log.info("kept epoch %d (validation %s %.4f)", best["epoch"] + 1, primary, progress.best_score)
-        test = evaluate_split(exp, "test", predict, params, mesh)
+        test = evaluate_split(exp, "test", predict, params, mesh, frozen)
         reporter.eval_line(step, "test", best["epoch"], scalar_metrics(test))
     finally:
         guard.restore()
@@ -322,6 +345,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         "best_epoch": best["epoch"] + 1,
         "steps": step,
         "num_truncated": {split: enc.num_truncated for split, enc in exp.encoded.items()},
+        "trainable_params": trainable_params,
+        "total_params": total_params,
     }
     if jax.process_index() != 0:  # one host writes what a person reads
         return results
@@ -331,12 +356,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
         + evaluation.format_report("test", test) + "\n",
         encoding="utf-8",
     )
-    export(nnx.merge(graphdef, params), exp.tokenizer, workdir / "export")
+    export(nnx.merge(graphdef, partition.merge(params, frozen)), exp.tokenizer, workdir / "export")
     log.info("test %s %.4f; results in %s", primary, test[primary], workdir)
     return results
 
 
 def export(model, tokenizer, directory: Path) -> None:
-    """The model and its tokenizer as a Hugging Face directory that transformers loads."""
+    """The model and its tokenizer as a Hugging Face directory that transformers loads (LoRA
+    adapters folded into the weights: a plain GPT-2)."""
     save_pretrained(model, directory)
     tokenizer.save_pretrained(str(directory))

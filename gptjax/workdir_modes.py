@@ -12,12 +12,13 @@ from pathlib import Path
 
 from flax import nnx
 
-from gptjax import evaluation, sharding
+from gptjax import evaluation, peft, sharding
 from gptjax.checkpoint import Checkpoints, abstract_like, check_compatible
 from gptjax.experiment import prepare
 from gptjax.hf import CheckpointError
 from gptjax.train import (
-    evaluate_split, export as export_model, init_state, make_optimizer, make_predict_step, place_params, scalar_metrics,
+    evaluate_split, export as export_model, init_train_state, make_optimizer, make_predict_step, place_params,
+    scalar_metrics,
 )
 
 log = logging.getLogger("gptjax")
@@ -25,7 +26,11 @@ WHICH = ("best", "latest")
 
 
 def load_trained(config, workdir, which: str = "best"):
-    """(experiment, graphdef, params on the mesh, mesh) of a trained workdir."""
+    """(experiment, graphdef, params on the mesh, mesh) of a trained workdir.
+
+    Checkpoints hold what trained; the frozen rest (train.freeze, LoRA) is rebuilt from the config
+    and checked against the checksum the checkpoint recorded. The params returned are the whole
+    model's (LoRA adapters unmerged, as in training)."""
     workdir = Path(workdir)
     mesh = sharding.make_mesh(config.mesh)
     if not (workdir / "checkpoints").is_dir():
@@ -36,24 +41,33 @@ def load_trained(config, workdir, which: str = "best"):
         graphdef, params = place_params(exp.model, mesh)
         return exp, graphdef, params, mesh
     exp = prepare(config, workdir)  # the model's structure and the tokenizer, as training built them
+    partition = peft.partition(config, exp.model)
     checkpoints = Checkpoints(workdir)
     try:
         if which == "best":
             graphdef, params = place_params(exp.model, mesh)
-            restored = checkpoints.restore_best(abstract_like(params))
+            trainable, frozen = partition.split(params)
+            restored = checkpoints.restore_best(abstract_like(trainable))
             if restored is None:
                 raise CheckpointError(f"{workdir}: no best model yet (no epoch has been evaluated)")
-            params, meta = restored
+            trainable, meta = restored
+            peft.check_base(meta.get("base"), peft.checksum(frozen), checkpoints.best_directory)
             log.info("the best model: epoch %d", meta["epoch"] + 1)
         else:
             tx, _ = make_optimizer(config.train, 1)
-            graphdef, state = init_state(exp.model, tx, mesh)
-            check = lambda meta: check_compatible(meta, config, exp.vocab.names, checkpoints.directory)  # noqa: E731
+            graphdef, state, frozen = init_train_state(exp.model, tx, mesh, partition)
+            base = peft.checksum(frozen)
+
+            def check(meta):
+                check_compatible(meta, config, exp.vocab.names, checkpoints.directory)
+                peft.check_base(meta.get("base"), base, checkpoints.directory)
+
             restored = checkpoints.restore_latest(abstract_like(state), check)
             if restored is None:
                 raise CheckpointError(f"{workdir}: no readable checkpoint in {checkpoints.directory}")
-            params = restored[0].params
+            trainable = restored[0].params
             log.info("the latest checkpoint: step %d", int(restored[0].step))
+        params = partition.merge(trainable, frozen)
     finally:
         checkpoints.close()
     exp.model = None

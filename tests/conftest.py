@@ -37,6 +37,14 @@ def conll_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def small_ner(tmp_path_factory):
+    """A smaller CoNLL corpus, for runs that only need to be runs (12 steps an epoch at batch 16)."""
+    directory = tmp_path_factory.mktemp("small_ner")
+    synthetic.write_corpus(synthetic.make_ner_corpus(seed=3, sizes=(192, 24, 24)), str(directory))
+    return directory
+
+
+@pytest.fixture(scope="session")
 def token_jsonl_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("token_jsonl")
     corpus = synthetic.make_ner_corpus(seed=2, sizes=(600, 50, 37))

@@ -172,8 +172,8 @@ def test_nan_stops_the_run_and_is_never_saved(conll_dir, tmp_path, monkeypatch):
     def poisoned(*args, **kwargs):
         step_fn = real(*args, **kwargs)
 
-        def step(state, batch):
-            state, metrics = step_fn(state, batch)
+        def step(state, batch, *frozen):
+            state, metrics = step_fn(state, batch, *frozen)
             if int(state.step) >= 7:
                 metrics = {**metrics, "loss": metrics["loss"] * np.nan}
                 state = state._replace(params=jax.tree.map(lambda p: p * np.nan, state.params))

@@ -1,0 +1,286 @@
+"""--mode=predict: a trained model on raw text, one input line at a time, as JSON Lines.
+
+Each input line is one sentence or document. Token tasks split it into words by one rule,
+WORD_PATTERN: a number with decimal or thousands separators is a word ("7.8", "1,000"), a run of
+letters, digits and underscores is a word, and so is every other non-space character on its own
+("don't" -> don ' t, "U.S." -> U . S ., an emoji with a skin tone -> two). Control and format
+characters (Unicode Cc, Cf) separate words and are dropped. Offsets count characters (code points)
+of the line as decoded, so `line[start:end]` is the word. Sequence tasks classify the line as it is.
+
+One JSON object per input line, in input order:
+
+  token:    {"line", "text", "words", "offsets": [[start, end], ...], "tags",
+             "entities": [{"text", "type", "start", "end"}], "truncated"}
+  sequence: {"line", "text", "label", "probabilities": {label: p}, "truncated"}
+
+Entities are the spans seqeval's strict IOB2 mode finds (what the headline entity F1 counts): a
+B-X and the I-X that follow it; an I-X that does not continue an X is no entity. They are left out
+when the labels are not IOB2 (POS tags). A line longer than data.max_length tokens is cut there and
+flagged `truncated`; its words beyond get the tag O, as evaluation scores them. An empty (or blank)
+line gives empty words and entities, or a null label. Bytes that are not UTF-8 are replaced (U+FFFD)
+with a warning naming the line.
+
+Lines go through the pipeline evaluation uses (gptjax.data encoding, bucketed batches of
+train.eval_batch_size, the jitted predict step), a chunk of lines at a time, so any input size
+streams through a few compiled shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import sys
+import unicodedata
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from seqeval.scheme import IOB2, Entities
+
+from gptjax import data, evaluation, sharding
+from gptjax.config import ConfigError
+from gptjax.hf import CONFIG, CheckpointError, from_pretrained
+
+log = logging.getLogger("gptjax")
+
+WORD_PATTERN = re.compile(r"\d+(?:[.,]\d+)+|\w+|[^\w\s]")
+TASK_OF_ARCHITECTURE = {"GPT2ForTokenClassification": "token", "GPT2ForSequenceClassification": "sequence"}
+CHUNK_BATCHES = 16  # lines are read and predicted this many eval batches at a time
+_MAX_WARNINGS = 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+
+
+def split_words(line: str) -> list[tuple[str, int, int]]:
+    """(word, start, end) for each word of the line, by WORD_PATTERN; see the module docstring."""
+    return [(m.group(), m.start(), m.end()) for m in WORD_PATTERN.finditer(line)
+            if not all(unicodedata.category(c) in ("Cc", "Cf") for c in m.group())]
+
+
+def read_lines(stream: BinaryIO, name: str = "<stdin>") -> Iterator[tuple[int, str]]:
+    """(line number, text) for each line of a byte stream, split at \\n (a \\r before it dropped),
+    decoded as UTF-8; invalid bytes become U+FFFD with a warning."""
+    bad = 0
+    for number, raw in enumerate(stream, 1):
+        raw = raw.rstrip(b"\n").removesuffix(b"\r")
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            text = raw.decode("utf-8", errors="replace")
+            bad += 1
+            if bad <= _MAX_WARNINGS:
+                log.warning("%s, line %d: not valid UTF-8 (byte %r at offset %d); replaced by U+FFFD",
+                            name, number, raw[e.start:e.start + 1], e.start)
+        yield number, text
+    if bad > _MAX_WARNINGS:
+        log.warning("%s: %d lines in all had bytes that are not UTF-8", name, bad)
+
+
+def is_iob2(labels: Iterable[str]) -> bool:
+    return all(label == "O" or (label[:2] in ("B-", "I-") and len(label) > 2) for label in labels)
+
+
+def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
+    """(type, first word, end word) of each entity, as seqeval's strict IOB2 mode finds them."""
+    return [(e.tag, e.start, e.end) for e in Entities([list(tags)], IOB2, suffix=False).entities[0]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+def make_probabilities_step(graphdef):
+    """predict(params, batch) -> (class ids [B], softmax probabilities [B, C] in float32), for
+    sequence tasks; the ids are argmax of the logits, as make_predict_step's."""
+
+    def predict(params, batch):
+        logits = nnx.merge(graphdef, params)(batch["input_ids"], batch["attention_mask"]).astype(jnp.float32)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32), jax.nn.softmax(logits, axis=-1)
+
+    return jax.jit(predict)
+
+
+@dataclasses.dataclass
+class Predictor:
+    """A trained model with what it needs to read text: its tokenizer, labels and batch shapes."""
+
+    task: str  # "token" or "sequence"
+    labels: list[str]
+    tokenizer: Any
+    graphdef: Any
+    params: Any  # the whole model's, on the mesh
+    mesh: Any
+    max_length: int
+    buckets: tuple[int, ...]
+    batch_size: int
+    pad_id: int
+
+    def __post_init__(self):
+        from gptjax.train import make_predict_step
+
+        sharding.check_batch_size(self.batch_size, self.mesh, "train.eval_batch_size")
+        self.vocab = data.LabelVocab(self.labels)
+        self.num_truncated = 0  # lines cut at max_length so far
+        if self.task == "token":
+            self.step = make_predict_step(self.graphdef)  # the one evaluation uses
+        else:
+            self.step = make_probabilities_step(self.graphdef)
+
+    def _run(self, batch):
+        return jax.device_get(self.step(self.params, sharding.put_batch(batch, self.mesh)))
+
+    def predict(self, lines: list[str], numbers: list[int] | None = None) -> list[dict]:
+        """One output object per line (see the module docstring)."""
+        numbers = numbers or list(range(1, len(lines) + 1))
+        if self.task == "token":
+            return self._predict_tokens(lines, numbers)
+        return self._predict_sequences(lines, numbers)
+
+    def _truncate(self, encoded: data.EncodedSplit, numbers: list[int]) -> tuple[data.EncodedSplit, list[bool]]:
+        """Cuts examples to max_length as encoding for training does, but knowing which were cut."""
+        cut = [len(ids) > self.max_length for ids in encoded.input_ids]
+        for n, flag in zip(numbers, cut):
+            if flag:
+                self.num_truncated += 1
+                if self.num_truncated <= _MAX_WARNINGS:
+                    log.warning("line %d: longer than data.max_length=%d tokens; cut there (its output says "
+                                "truncated)", n, self.max_length)
+        trim = lambda arrays: None if arrays is None else [a[: self.max_length] for a in arrays]  # noqa: E731
+        labels = trim(encoded.labels) if encoded.task == "token" else encoded.labels
+        return data.EncodedSplit(encoded.task, trim(encoded.input_ids), labels, trim(encoded.word_index), sum(cut),
+                                 encoded.examples), cut
+
+    def _batches(self, encoded):
+        return data.epoch_batches(encoded, self.batch_size, buckets=self.buckets, pad_id=self.pad_id)
+
+    def _predict_tokens(self, lines, numbers):
+        words = [split_words(line) for line in lines]
+        kept = [i for i, w in enumerate(words) if w]
+        filler = "O" if "O" in self.vocab.label2id else self.labels[0]  # encoding wants some gold tag
+        examples = [data.TokenExample(tuple(w for w, _, _ in words[i]), (filler,) * len(words[i])) for i in kept]
+        encoded = data.encode_token_split(examples, self.tokenizer, self.vocab, max_length=2**62)
+        encoded, cut = self._truncate(encoded, [numbers[i] for i in kept])
+        tags = evaluation.TokenEvaluator(examples, self.labels).predict(self._run, self._batches(encoded)) if kept else []
+        out = [{"line": n, "text": line, "words": [], "offsets": [], "tags": [], "truncated": False}
+               for n, line in zip(numbers, lines)]
+        iob2 = is_iob2(self.labels)
+        for k, i in enumerate(kept):
+            line, spans = lines[i], words[i]
+            record = out[i]
+            record.update(words=[w for w, _, _ in spans], offsets=[[s, e] for _, s, e in spans], tags=tags[k],
+                          truncated=cut[k])
+            if iob2:
+                record["entities"] = [
+                    {"text": line[spans[a][1]:spans[b - 1][2]], "type": kind, "start": spans[a][1], "end": spans[b - 1][2]}
+                    for kind, a, b in entity_spans(tags[k])
+                ]
+        if iob2:
+            for record in out:
+                record.setdefault("entities", [])
+        return out
+
+    def _predict_sequences(self, lines, numbers):
+        kept = [i for i, line in enumerate(lines) if line.strip()]
+        examples = [data.SequenceExample(lines[i], self.labels[0]) for i in kept]
+        encoded = data.encode_sequence_split(examples, self.tokenizer, self.vocab, max_length=2**62)
+        encoded, cut = self._truncate(encoded, [numbers[i] for i in kept])
+        ids = np.full(len(kept), -1, np.int64)
+        probs = np.zeros((len(kept), len(self.labels)), np.float32)
+        for batch in self._batches(encoded) if kept else []:
+            batch_ids, batch_probs = self._run(batch)
+            rows = batch["example_index"] >= 0
+            ids[batch["example_index"][rows]] = batch_ids[rows]
+            probs[batch["example_index"][rows]] = batch_probs[rows]
+        out = [{"line": n, "text": line, "label": None, "probabilities": None, "truncated": False}
+               for n, line in zip(numbers, lines)]
+        for k, i in enumerate(kept):
+            out[i].update(label=self.labels[ids[k]], truncated=cut[k],
+                          probabilities={name: float(p) for name, p in zip(self.labels, probs[k])})
+        return out
+
+    def predict_stream(self, lines: Iterable[tuple[int, str]]) -> Iterator[dict]:
+        """Output objects for (number, text) lines, predicted a chunk at a time."""
+        chunk: list[tuple[int, str]] = []
+        for item in lines:
+            chunk.append(item)
+            if len(chunk) >= self.batch_size * CHUNK_BATCHES:
+                yield from self.predict([t for _, t in chunk], [n for n, _ in chunk])
+                chunk = []
+        if chunk:
+            yield from self.predict([t for _, t in chunk], [n for n, _ in chunk])
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def from_workdir(config, workdir, which: str = "best") -> Predictor:
+    """The workdir's best model (or latest checkpoint), as training built it."""
+    from gptjax.workdir_modes import load_trained
+
+    exp, graphdef, params, mesh = load_trained(config, workdir, which)
+    return Predictor(exp.task, exp.vocab.names, exp.tokenizer, graphdef, params, mesh, config.data.max_length,
+                     exp.buckets, config.train.eval_batch_size, exp.pad_id)
+
+
+def from_export(model_dir, config) -> Predictor:
+    """An exported Hugging Face directory: its config.json says the task and the label names."""
+    from transformers import AutoTokenizer
+
+    from gptjax.experiment import HEAD_OF_TASK, model_overrides
+    from gptjax.train import place_params
+
+    model_dir = Path(model_dir)
+    config_file = model_dir / CONFIG
+    if not config_file.is_file():
+        raise CheckpointError(f"{model_dir}: no {CONFIG} in it (--model_dir takes an exported directory)")
+    hf_config = json.loads(config_file.read_text(encoding="utf-8"))
+    architectures = hf_config.get("architectures") or []
+    task = next((TASK_OF_ARCHITECTURE[a] for a in architectures if a in TASK_OF_ARCHITECTURE), None)
+    if task is None:
+        raise CheckpointError(f"{config_file}: architectures {architectures} has no classifier; "
+                              f"predict needs one of {', '.join(TASK_OF_ARCHITECTURE)}")
+    model = from_pretrained(str(model_dir), HEAD_OF_TASK[task], **model_overrides(config))
+    labels = list(model.labels or (f"LABEL_{i}" for i in range(model.num_labels)))
+    max_length = config.data.max_length
+    if max_length > model.config.n_positions:
+        raise ConfigError(f"data.max_length={max_length} exceeds the model's n_positions={model.config.n_positions}")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), add_prefix_space=True)
+    mesh = sharding.make_mesh()
+    graphdef, params = place_params(model, mesh)
+    buckets = data.make_buckets(max_length, tuple(config.data.buckets))
+    return Predictor(task, labels, tokenizer, graphdef, params, mesh, max_length, buckets,
+                     config.train.eval_batch_size, data.pad_token_id(tokenizer))
+
+
+def run(predictor: Predictor, input_path: str | None = None, output_path: str | None = None) -> int:
+    """Reads --input (or standard input), writes JSON Lines to --output (or standard output);
+    returns the number of lines."""
+    if input_path and not Path(input_path).is_file():
+        raise ConfigError(f"--input={input_path}: no such file")
+    source = open(input_path, "rb") if input_path else sys.stdin.buffer
+    sink = open(output_path, "wb") if output_path else sys.stdout.buffer
+    count = 0
+    try:
+        for record in predictor.predict_stream(read_lines(source, input_path or "<stdin>")):
+            sink.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+            count += 1
+        sink.flush()
+    finally:
+        if input_path:
+            source.close()
+        if output_path:
+            sink.close()
+    log.info("predicted %d lines; %d longer than data.max_length=%d tokens were cut", count, predictor.num_truncated,
+             predictor.max_length)
+    return count
