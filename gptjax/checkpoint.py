@@ -83,12 +83,17 @@ class Checkpoints:
         self.directory = Path(workdir).resolve() / "checkpoints"
         self.best_directory = Path(workdir).resolve() / "best"
         self.keep = keep
-        self.manager = self._manager(self.directory, keep)
-        self.best = self._manager(self.best_directory, 1)
+        self.manager = self._manager(self.directory, keep, "rotation")
+        self.best = self._manager(self.best_directory, 1, "best")
 
     @staticmethod
-    def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
+    def _manager(directory: Path, keep: int, name: str) -> ocp.CheckpointManager:
+        # Both managers save the epoch-end step: on several hosts their commit barriers would
+        # share a name and wait on each other unless each has its own prefix.
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=True,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name),
+        )
         return ocp.CheckpointManager(directory, options=options)
 
     def save(self, step: int, state, meta: dict) -> None:
@@ -134,7 +139,7 @@ class Checkpoints:
             for step in damaged:
                 aside = self.directory / f"damaged-{step}-{int(time.time())}"
                 shutil.move(str(self.directory / str(step)), str(aside))
-            self.manager = self._manager(self.directory, self.keep)
+            self.manager = self._manager(self.directory, self.keep, "rotation")
         return restored
 
     def restore_best(self, target):
