@@ -151,25 +151,24 @@ def place_params(model, mesh):
     return graphdef, jax.device_put(params, sharding.shardings_for(params, mesh))
 
 
-def init_state(model, tx, mesh) -> tuple[Any, TrainState]:
-    """(graphdef, the train state on the mesh). Every leaf is committed to its sharding, as the
-    step's outputs will be, so the second call does not compile the step again."""
-    graphdef, params = place_params(model, mesh)
-    abstract = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), params)
-    shardings = sharding.shardings_for(abstract, mesh)
-    # Built inside jit straight into its shardings: the optimizer state is never whole on one device.
-    state = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), out_shardings=shardings)(params)
-    return graphdef, state
-
-
-def init_train_state(model, tx, mesh, partition: peft.Partition) -> tuple[Any, TrainState, Any]:
-    """(graphdef, state, frozen): init_state for training part of the model. The state holds the
-    trainable parameters and an optimizer state for them alone; `frozen` the rest."""
+def init_train_state(model, tx, mesh, partition: peft.Partition = peft.FULL) -> tuple[Any, TrainState, Any]:
+    """(graphdef, state, frozen) on the mesh: the state holds the trainable parameters (all of
+    them by default) and an optimizer state for them alone; `frozen` the rest. Every leaf is
+    committed to its sharding, as the step's outputs will be, so the second call does not
+    compile the step again."""
     graphdef, params = place_params(model, mesh)
     trainable, frozen = partition.split(params)
-    state = TrainState(jnp.zeros((), jnp.int32), trainable, tx.init(trainable))
-    # Committed to their shardings, as in init_state (the split's slices are new arrays).
-    return graphdef, *jax.device_put((state, frozen), sharding.shardings_for((state, frozen), mesh))
+    make = lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p))  # noqa: E731
+    shardings = sharding.shardings_for(jax.eval_shape(make, trainable), mesh)
+    # Built inside jit straight into its shardings: the optimizer state is never whole on one device.
+    state = jax.jit(make, out_shardings=shardings)(trainable)
+    return graphdef, state, jax.device_put(frozen, sharding.shardings_for(frozen, mesh))
+
+
+def init_state(model, tx, mesh) -> tuple[Any, TrainState]:
+    """(graphdef, state) for full fine-tuning: init_train_state without a frozen part."""
+    graphdef, state, _ = init_train_state(model, tx, mesh)
+    return graphdef, state
 
 
 # ---------------------------------------------------------------------------------------------
