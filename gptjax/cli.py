@@ -1,0 +1,119 @@
+"""gptjax's command line: gptjax (or python -m gptjax, or python run.py) --config=NAME --workdir=DIR [--mode=MODE] [--config.KEY=VALUE ...]
+
+  --config     configs/NAME.py (or a path to a config file)
+  --workdir    where the run writes metrics.jsonl, results.json, report.txt, TensorBoard events,
+               labels.json and export/ (the kept model as a Hugging Face directory)
+  --mode       train (default): train, evaluate on validation each epoch, then on test; the
+                 same command on the same workdir resumes from the latest checkpoint
+               eval: evaluate the workdir's --checkpoint (best or latest) on --split (default test)
+               export: write the workdir's --checkpoint to --export_dir as a Hugging Face directory
+               benchmark: time the config's train and eval steps on synthetic batches (random
+                 weights, no data); writes WORKDIR/benchmark.json, appends it to --results
+               predict: tag or classify raw text, a sentence or document a line, from --input (or
+                 standard input) to --output (or standard output) as JSON Lines; the model is the
+                 workdir's --checkpoint, or an exported directory given as --model_dir (then
+                 --workdir and --config are optional: the config only sets max_length, buckets and
+                 the batch size)
+  --config.a.b=value   override one config key; the value is parsed as the key's type
+
+Several hosts: jax.distributed is started by itself on multi-host TPU VMs and under SLURM, or
+with --coordinator_address=HOST:PORT --num_processes=N --process_id=I on each host.
+"""
+
+import argparse
+import logging
+import sys
+
+from gptjax.config import ConfigError, apply_overrides, base_config, load_config
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config")
+    parser.add_argument("--workdir")
+    parser.add_argument("--mode", default="train", choices=("train", "eval", "export", "benchmark", "predict"))
+    parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    parser.add_argument("--export_dir")
+    parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
+    parser.add_argument("--results", help="benchmark: a JSONL file to append the record to")
+    parser.add_argument("--benchmark_steps", type=int, default=10, help="benchmark: timed steps")
+    parser.add_argument("--benchmark_warmup", type=int, default=2, help="benchmark: untimed steps after compiling")
+    parser.add_argument("--coordinator_address", help="several hosts: HOST:PORT of process 0")
+    parser.add_argument("--num_processes", type=int)
+    parser.add_argument("--process_id", type=int)
+    parser.add_argument("--input", help="predict: a text file, one sentence or document a line (default: standard input)")
+    parser.add_argument("--output", help="predict: where the JSON Lines go (default: standard output)")
+    parser.add_argument("--model_dir", help="predict: an exported Hugging Face directory to use instead of a workdir")
+    args, rest = parser.parse_known_args(argv)
+    if not (args.mode == "predict" and args.model_dir):
+        for flag in ("config", "workdir"):
+            if getattr(args, flag) is None:
+                parser.error(f"--{flag} is required" + (" (or --model_dir)" if args.mode == "predict" else ""))
+    overrides = {}
+    for item in rest:
+        if not item.startswith("--config.") or "=" not in item:
+            parser.error(f"unrecognised argument {item!r} (overrides are written --config.KEY=VALUE)")
+        key, value = item[len("--config."):].split("=", 1)
+        overrides[key] = value
+    return args, overrides
+
+
+def main(argv=None):
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("absl", "jax", "httpx", "datasets", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        config = apply_overrides(load_config(args.config) if args.config else base_config(), overrides)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+
+    from gptjax import sharding, workdir_modes
+
+    # Before anything touches a device: on several hosts every process must join first.
+    sharding.maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    import jax
+
+    if jax.process_count() > 1:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [process {jax.process_index()}] %(message)s", "%H:%M:%S"))
+    from gptjax import predict
+    from gptjax.checkpoint import Preempted
+    from gptjax.reporting import NonFiniteError
+    from gptjax.data import DataError
+    from gptjax.experiment import SetupError
+    from gptjax.hf import CheckpointError
+    from gptjax.train import train_and_evaluate
+
+    try:
+        if args.mode == "train":
+            train_and_evaluate(config, args.workdir)
+        elif args.mode == "benchmark":
+            from gptjax import benchmark
+
+            benchmark.run(config, args.workdir, config_name=args.config, results=args.results,
+                          steps=args.benchmark_steps, warmup=args.benchmark_warmup)
+        elif args.mode == "eval":
+            workdir_modes.evaluate(config, args.workdir, args.split, args.checkpoint)
+        elif args.mode == "export":
+            workdir_modes.export(config, args.workdir, args.export_dir, args.checkpoint)
+        else:
+            if args.model_dir:
+                predictor = predict.from_export(args.model_dir, config)
+            else:
+                predictor = predict.from_workdir(config, args.workdir, args.checkpoint)
+            predict.run(predictor, args.input, args.output)
+    except Preempted as e:
+        print(e.message, file=sys.stderr)
+        raise
+    except (ConfigError, DataError, SetupError, CheckpointError, NonFiniteError) as e:
+        sys.exit(f"error: {e}")
+    finally:
+        if jax.process_count() > 1:
+            # Every process leaves together: one that exits first takes the coordination service
+            # (process 0) or a peer with it, and the others abort.
+            jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()
