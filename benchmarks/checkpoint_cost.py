@@ -19,7 +19,7 @@ from gptjax import sharding
 from gptjax.checkpoint import Checkpoints
 from gptjax.config import base_config
 from gptjax.model import init_model
-from gptjax.train import init_state, make_optimizer
+from gptjax.steps import build_steps
 
 
 def main():
@@ -28,8 +28,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    tx, _ = make_optimizer(base_config().train, 100)
-    _, state = init_state(init_model(args.size, "token_classification", num_labels=9), tx, sharding.make_mesh())
+    state = build_steps(base_config(), init_model(args.size, "token_classification", num_labels=9), sharding.make_mesh(),
+                        total_steps=100).state
     # Random moments, as after training: zeros (a fresh AdamW) would compress to nothing on disk.
     keys = iter(jax.random.split(jax.random.key(0), len(jax.tree.leaves(state))))
     state = jax.tree.map(lambda x: x + 1e-3 * jax.random.normal(next(keys), x.shape, x.dtype)

@@ -33,15 +33,14 @@ def measure(args) -> dict:
     from gptjax import peft, sharding
     from gptjax.config import apply_overrides, base_config
     from gptjax.model import init_model
-    from gptjax.train import init_train_state, make_optimizer, make_train_step
+    from gptjax.steps import build_steps
 
     overrides = {k: v.format(rank=args.rank, blocks=args.blocks) for k, v in MODES[args.one].items()}
     config = apply_overrides(base_config(), overrides)
     model = peft.adapt(init_model(args.size, "token_classification", num_labels=9, seed=0), config)
-    tx, _ = make_optimizer(config.train, 1000)
     mesh = sharding.make_mesh()
-    partition = peft.partition(config, model)
-    graphdef, state, frozen = init_train_state(model, tx, mesh, partition)
+    steps = build_steps(config, model, mesh, total_steps=1000)
+    state, frozen = steps.state, steps.frozen
     del model
     rng = np.random.default_rng(0)
     batch = sharding.put_batch({
@@ -50,7 +49,7 @@ def measure(args) -> dict:
         "labels": rng.integers(0, 9, (args.batch, args.length), dtype=np.int32),
     }, mesh)
     start = time.perf_counter()
-    compiled = make_train_step(graphdef, tx, seed=0, partition=partition).lower(state, batch, frozen).compile()
+    compiled = steps.train_step.lower(state, batch, frozen).compile()
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     times = []

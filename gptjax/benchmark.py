@@ -3,8 +3,8 @@
     python run.py --config=ner --workdir=/tmp/bench --mode=benchmark --results=benchmarks/results/cpu.jsonl
     python -m gptjax.benchmark compare benchmarks/results/*.jsonl --out /tmp/compare.png
 
-The benchmark builds the model, optimizer and steps with the functions training uses
-(train.make_optimizer, init_state, make_train_step, make_predict_step, sharding) from the config,
+The benchmark builds the model, optimizer and steps as training does (steps.build_steps, with
+LoRA and freezing applied) from the config,
 with random weights of the configured size (no download: weights do not change the speed), and
 times them on synthetic batches of the config's batch size and sequence length (data.max_length),
 every token real. It writes WORKDIR/benchmark.json and appends the same record, one JSON line,
@@ -404,10 +404,10 @@ def model_config_of(config):
 
 def shapes(config) -> dict:
     """What the benchmark runs, from the config: task, head, classes, batch and sequence length."""
-    from gptjax.experiment import HEAD_OF_TASK
+    from gptjax import tasks
 
     task = config.task
-    return {"task": task, "head": HEAD_OF_TASK[task], "num_labels": NUM_LABELS[task],
+    return {"task": task, "head": tasks.get(task).head, "num_labels": NUM_LABELS[task],
             "batch_size": config.train.batch_size, "eval_batch_size": config.train.eval_batch_size,
             "seq_len": config.data.max_length}
 
@@ -417,33 +417,26 @@ class GptjaxSteps:
     weights; `train(batch)` and `predict(batch)` take batches already on the mesh."""
 
     def __init__(self, config):
-        from gptjax import sharding
+        from gptjax import peft, sharding
         from gptjax.model import count_params, init_model
-        from gptjax.train import init_state, make_optimizer, make_predict_step, make_train_step
+        from gptjax.steps import build_steps
 
-        cfg = config.train
         self.shapes = shapes(config)
         self.model_config = model_config_of(config)
         self.mesh = sharding.make_mesh(config.mesh)
-        sharding.check_batch_size(cfg.batch_size, self.mesh)
-        sharding.check_batch_size(cfg.eval_batch_size, self.mesh, "train.eval_batch_size")
-        model = init_model(self.model_config, self.shapes["head"], self.shapes["num_labels"], seed=cfg.seed)
+        model = init_model(self.model_config, self.shapes["head"], self.shapes["num_labels"], seed=config.train.seed)
+        model = peft.adapt(model, config)  # LoRA and freezing as training applies them
         self.num_params = count_params(model)
-        tx, _ = make_optimizer(cfg, total_steps=1_000_000)  # the schedule's length does not change the step
-        graphdef, self.state = init_state(model, tx, self.mesh)
-        self.train_step = make_train_step(graphdef, tx, seed=cfg.seed, grad_accum_steps=cfg.grad_accum_steps,
-                                          state_sharding=jax.tree.map(lambda x: x.sharding, self.state))
-        self.predict_step = make_predict_step(graphdef)
+        # The schedule's length does not change the step.
+        self.steps = build_steps(config, model, self.mesh, total_steps=1_000_000)
         self.put = lambda batch: sharding.put_batch(batch, self.mesh)
 
     def train(self, batch):
-        with jax.set_mesh(self.mesh):  # as sharding.under_mesh in training
-            self.state, metrics = self.train_step(self.state, batch)  # the old state's buffers are donated
-        return self.state, metrics
+        metrics = self.steps.train(batch)  # the old state's buffers are donated
+        return self.steps.state, metrics
 
     def predict(self, batch):
-        with jax.set_mesh(self.mesh):
-            return self.predict_step(self.state.params, batch)
+        return self.steps.predict(batch)
 
     def batches(self, eval_: bool = False):
         """Synthetic batches, prefetched to the mesh."""
@@ -453,8 +446,9 @@ class GptjaxSteps:
         return prefetch(host, self.put)
 
     def compiled_train_step(self, batch):
+        s = self.steps
         with jax.set_mesh(self.mesh):
-            return self.train_step.lower(self.state, batch).compile()  # from jit's cache after a call
+            return s.train_step.lower(s.state, batch, s.frozen).compile()  # from jit's cache after a call
 
 
 def base_record(framework: str, config, config_name: str, model_config, num_params: int) -> dict:

@@ -12,6 +12,7 @@ single manager can).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -21,8 +22,11 @@ from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from gptjax.config import ConfigError, base_config
+from gptjax.hf import CheckpointError
+from gptjax.workdir import is_local
 
 log = logging.getLogger("gptjax")
 
@@ -79,32 +83,48 @@ def abstract_like(tree):
 class Checkpoints:
     """The rotating checkpoints and the best model of one workdir."""
 
-    def __init__(self, workdir: Path, keep: int = 3):
-        self.directory = Path(workdir).resolve() / "checkpoints"
-        self.best_directory = Path(workdir).resolve() / "best"
+    def __init__(self, workdir, keep: int = 3, read_only: bool = False):
+        """`read_only`: for the modes that only read a workdir; nothing is created, moved or deleted."""
+        workdir = epath.Path(workdir)
+        workdir = workdir.resolve() if is_local(workdir) else workdir
+        self.directory = workdir / "checkpoints"
+        self.best_directory = workdir / "best"
         self.keep = keep
+        self.read_only = read_only
         self.manager = self._manager(self.directory, keep, "rotation")
         self.best = self._manager(self.best_directory, 1, "best")
 
-    @staticmethod
-    def _manager(directory: Path, keep: int, name: str) -> ocp.CheckpointManager:
+    def _manager(self, directory, keep: int, name: str) -> ocp.CheckpointManager:
         # Both managers save the epoch-end step: on several hosts their commit barriers would
         # share a name and wait on each other unless each has its own prefix.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=True,
+            max_to_keep=None if self.read_only else keep, create=not self.read_only, read_only=self.read_only,
+            enable_async_checkpointing=not self.read_only,
             multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name),
         )
         return ocp.CheckpointManager(directory, options=options)
 
     def save(self, step: int, state, meta: dict) -> None:
-        """Starts writing in the background; training goes on meanwhile."""
+        """Starts writing in the background; training goes on meanwhile. A failed write (this
+        one's start, or the one before it, which surfaces here) is a CheckpointSaveError."""
         start = time.perf_counter()
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        with self._saving(step, self.directory):
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            meta=ocp.args.JsonSave(meta)))
         log.info("checkpoint %d: save started (%.2f s blocking)", step, time.perf_counter() - start)
 
     def save_best(self, step: int, params, meta: dict) -> None:
         # The best manager keeps one: saving a new best replaces the old only once it is complete.
-        self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+        with self._saving(step, self.best_directory):
+            self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                         meta=ocp.args.JsonSave(meta)))
+
+    @contextlib.contextmanager
+    def _saving(self, step: int, directory):
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - a disk full, a permission, a vanished mount: all stop the run
+            raise CheckpointSaveError(step, directory, e) from e
 
     def restore_latest(self, target, check=lambda meta: None):
         """(state, meta) from the newest readable checkpoint, or None if there is none.
@@ -133,7 +153,7 @@ class Checkpoints:
                 log.warning("checkpoint %d in %s is damaged (%s: %s); trying the one before it",
                             step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
                 damaged.append(step)
-        if damaged:
+        if damaged and not self.read_only:
             # Moved aside (not deleted) so that the step numbers can be written again.
             self.manager.close()
             for step in damaged:
@@ -143,14 +163,37 @@ class Checkpoints:
         return restored
 
     def restore_best(self, target):
-        """(params, meta) of the best model, or None."""
+        """(params, meta) of the best model, or None if there is none; a damaged one is a
+        CheckpointError naming it."""
         step = self.best.latest_step()
         if step is None:
             return None
-        result = self.best.restore(
-            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
-        )
+        try:
+            result = self.best.restore(
+                step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+            )
+        except Exception as e:  # noqa: BLE001 - any failure to read means the best model is unusable
+            raise CheckpointError(f"{self.best_directory / str(step)}: the best model is damaged ({type(e).__name__}: "
+                                  f"{_first_line(e)}); use --checkpoint=latest") from None
         return result.params, result.meta
+
+    def restore_latest_params(self, state_target):
+        """(params, step) of the newest readable checkpoint, or None. `state_target` is the
+        abstract train state; only its parameters are read (placeholders skip the step and the
+        optimizer state, which are never built). Damaged checkpoints are skipped, not moved."""
+        skip = lambda tree: jax.tree.map(lambda _: ocp.PLACEHOLDER, tree)  # noqa: E731
+        item = type(state_target)(skip(state_target[0]), state_target[1], skip(state_target[2]))
+        restore_args = jax.tree.map(lambda x: x if x is ocp.PLACEHOLDER else ocp.ArrayRestoreArgs(sharding=x.sharding),
+                                    item)
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args)))
+                return restored.state[1], step
+            except Exception as e:  # noqa: BLE001 - any failure to read means this one is unusable
+                log.warning("checkpoint %d in %s is damaged (%s: %s); trying the one before it",
+                            step, self.directory, type(e).__name__, _first_line(e))
+        return None
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -163,6 +206,20 @@ class Checkpoints:
         self.wait()
         self.manager.close()
         self.best.close()
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [""])[0][:200]
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; the run stops (the checkpoints before it still resume)."""
+
+    def __init__(self, step: int, directory, error: Exception):
+        reason = getattr(error, "strerror", None) or _first_line(error) or type(error).__name__
+        super().__init__(f"checkpoint {step} could not be written to {directory} ({type(error).__name__}: {reason}); "
+                         "the run stopped. Free space or fix the permissions, then run the same command to resume "
+                         "from the last checkpoint written")
 
 
 class PreemptionGuard:

@@ -1,19 +1,21 @@
 """gptjax's command line: gptjax (or python -m gptjax, or python run.py) --config=NAME --workdir=DIR [--mode=MODE] [--config.KEY=VALUE ...]
 
-  --config     configs/NAME.py (or a path to a config file)
-  --workdir    where the run writes metrics.jsonl, results.json, report.txt, TensorBoard events,
-               labels.json and export/ (the kept model as a Hugging Face directory)
+  --config     configs/NAME.py (or a path to a config file); train and benchmark only
+  --workdir    where a run writes run.json (its config, labels and data fingerprint), tokenizer/,
+               metrics.jsonl, results.json, report.txt, TensorBoard events, checkpoints/, best/
+               and export/ (the kept model as a Hugging Face directory)
   --mode       train (default): train, evaluate on validation each epoch, then on test; the
                  same command on the same workdir resumes from the latest checkpoint
-               eval: evaluate the workdir's --checkpoint (best or latest) on --split (default test)
-               export: write the workdir's --checkpoint to --export_dir as a Hugging Face directory
+               eval: score the run's --checkpoint (best or latest) on --split (default test) of
+                 its data source, or on a labelled file given as --input; metrics JSON to --output
+               export: write the run's --checkpoint to --export_dir as a Hugging Face directory
+               predict: tag or classify raw text, a sentence or document a line, from --input (or
+                 standard input) to --output (or standard output) as JSON Lines
                benchmark: time the config's train and eval steps on synthetic batches (random
                  weights, no data); writes WORKDIR/benchmark.json, appends it to --results
-               predict: tag or classify raw text, a sentence or document a line, from --input (or
-                 standard input) to --output (or standard output) as JSON Lines; the model is the
-                 workdir's --checkpoint, or an exported directory given as --model_dir (then
-                 --workdir and --config are optional: the config only sets max_length, buckets and
-                 the batch size)
+               eval, export and predict take a trained --workdir or an export as --model_dir, need
+               no --config and no training data, and write nothing into the run; overrides may
+               change only how the model runs (dtype, attention, lengths, eval batch size, mesh)
   --config.a.b=value   override one config key; the value is parsed as the key's type
 
 Several hosts: jax.distributed is started by itself on multi-host TPU VMs and under SLURM, or
@@ -24,7 +26,10 @@ import argparse
 import logging
 import sys
 
-from gptjax.config import ConfigError, apply_overrides, base_config, load_config
+from gptjax.config import ConfigError, apply_overrides, load_config, validate
+
+
+READING_MODES = ("eval", "export", "predict")  # they use a trained run and write nothing into it
 
 
 def parse_args(argv):
@@ -41,14 +46,21 @@ def parse_args(argv):
     parser.add_argument("--coordinator_address", help="several hosts: HOST:PORT of process 0")
     parser.add_argument("--num_processes", type=int)
     parser.add_argument("--process_id", type=int)
-    parser.add_argument("--input", help="predict: a text file, one sentence or document a line (default: standard input)")
-    parser.add_argument("--output", help="predict: where the JSON Lines go (default: standard output)")
-    parser.add_argument("--model_dir", help="predict: an exported Hugging Face directory to use instead of a workdir")
+    parser.add_argument("--input", help="predict: a text file, one sentence or document a line (default: standard "
+                                        "input); eval: a labelled file to score instead of the run's --split")
+    parser.add_argument("--output", help="predict: where the JSON Lines go (default: standard output); eval: a JSON "
+                                         "file for the metrics")
+    parser.add_argument("--model_dir", help="eval, export, predict: an exported Hugging Face directory instead of a workdir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="allow an output that would replace an input or a directory that is not an earlier export")
     args, rest = parser.parse_known_args(argv)
-    if not (args.mode == "predict" and args.model_dir):
+    if args.mode in READING_MODES:
+        if not (args.workdir or args.model_dir):
+            parser.error(f"--mode={args.mode} needs --workdir (a trained run) or --model_dir (an export)")
+    else:
         for flag in ("config", "workdir"):
             if getattr(args, flag) is None:
-                parser.error(f"--{flag} is required" + (" (or --model_dir)" if args.mode == "predict" else ""))
+                parser.error(f"--{flag} is required for --mode={args.mode}")
     overrides = {}
     for item in rest:
         if not item.startswith("--config.") or "=" not in item:
@@ -63,12 +75,17 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("absl", "jax", "httpx", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    config = None
     try:
-        config = apply_overrides(load_config(args.config) if args.config else base_config(), overrides)
+        if args.mode in READING_MODES:
+            if args.config:
+                logging.getLogger("gptjax").info("--config=%s not read: a trained run brings its own config", args.config)
+        else:
+            config = validate(apply_overrides(load_config(args.config), overrides))
     except ConfigError as e:
         sys.exit(f"error: {e}")
 
-    from gptjax import sharding, workdir_modes
+    from gptjax import sharding
 
     # Before anything touches a device: on several hosts every process must join first.
     sharding.maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
@@ -77,14 +94,17 @@ def main(argv=None):
     if jax.process_count() > 1:
         for handler in logging.getLogger().handlers:
             handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [process {jax.process_index()}] %(message)s", "%H:%M:%S"))
-    from gptjax import predict
-    from gptjax.checkpoint import Preempted
-    from gptjax.reporting import NonFiniteError
+    from gptjax import predict, workdir_modes
+    from gptjax.artifact import load
+    from gptjax.checkpoint import CheckpointSaveError, Preempted
     from gptjax.data import DataError
     from gptjax.experiment import SetupError
     from gptjax.hf import CheckpointError
+    from gptjax.reporting import NonFiniteError
     from gptjax.train import train_and_evaluate
+    from gptjax.workdir import WorkdirError
 
+    source = args.model_dir or args.workdir
     try:
         if args.mode == "train":
             train_and_evaluate(config, args.workdir)
@@ -94,20 +114,20 @@ def main(argv=None):
             benchmark.run(config, args.workdir, config_name=args.config, results=args.results,
                           steps=args.benchmark_steps, warmup=args.benchmark_warmup)
         elif args.mode == "eval":
-            workdir_modes.evaluate(config, args.workdir, args.split, args.checkpoint)
+            workdir_modes.evaluate(source, args.split, args.checkpoint, overrides, args.input, args.output)
         elif args.mode == "export":
-            workdir_modes.export(config, args.workdir, args.export_dir, args.checkpoint)
+            workdir_modes.export(source, args.export_dir, args.checkpoint, args.overwrite)
         else:
-            if args.model_dir:
-                predictor = predict.from_export(args.model_dir, config)
-            else:
-                predictor = predict.from_workdir(config, args.workdir, args.checkpoint)
-            predict.run(predictor, args.input, args.output)
+            predictor = predict.Predictor(load(source, args.checkpoint, overrides))
+            predict.run(predictor, args.input, args.output, args.overwrite)
     except Preempted as e:
         print(e.message, file=sys.stderr)
         raise
-    except (ConfigError, DataError, SetupError, CheckpointError, NonFiniteError) as e:
+    except (ConfigError, DataError, SetupError, CheckpointError, CheckpointSaveError, NonFiniteError,
+            WorkdirError) as e:
         sys.exit(f"error: {e}")
+    except OSError as e:  # a path, a permission, a full disk: one line, not a traceback
+        sys.exit(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}")
     finally:
         if jax.process_count() > 1:
             # Every process leaves together: one that exits first takes the coordination service

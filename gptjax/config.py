@@ -44,6 +44,7 @@ def base_config() -> ConfigDict:
     c.data.max_length = 128
     c.data.buckets = (32, 64, 128, 256, 512)  # capped at max_length
     c.data.iob1_to_iob2 = False
+    c.data.label_names = config_dict.placeholder(tuple)  # names of integer label ids in the data (id = position)
     c.data.label_all_subwords = False
     c.data.test_split = "test"  # "validation" where the test labels are hidden (GLUE)
     c.data.unknown_label = "error"  # or "map_to_o" (token tasks): a tag training never saw
@@ -162,4 +163,69 @@ def apply_overrides(config: ConfigDict, overrides: dict[str, str]) -> ConfigDict
             node[leaf] = None
             continue
         node[leaf] = _parse(key, text, node[leaf], node.get_type(leaf))
+    return config
+
+
+# Ranges of the numeric keys: (key, lowest, lowest allowed?, highest, highest allowed?). None: open.
+RANGES = (
+    ("data.max_length", 1, True, None, None),
+    ("train.batch_size", 1, True, None, None),
+    ("train.eval_batch_size", 1, True, None, None),
+    ("train.grad_accum_steps", 1, True, None, None),
+    ("train.num_epochs", 1, True, None, None),
+    ("train.max_steps", 1, True, None, None),
+    ("train.learning_rate", 0, False, None, None),
+    ("train.warmup_ratio", 0, True, 1, True),
+    ("train.warmup_steps", 0, True, None, None),
+    ("train.weight_decay", 0, True, None, None),
+    ("train.max_grad_norm", 0, False, None, None),
+    ("train.adam_b1", 0, True, 1, False),
+    ("train.adam_b2", 0, True, 1, False),
+    ("train.adam_eps", 0, False, None, None),
+    ("train.patience", 1, True, None, None),
+    ("train.log_every", 1, True, None, None),
+    ("train.trainable_blocks", 1, True, None, None),
+    ("model.dropout", 0, True, 1, False),
+    ("lora.rank", 0, True, None, None),
+    ("lora.alpha", 0, False, None, None),
+    ("lora.dropout", 0, True, 1, False),
+    ("checkpoint.every_steps", 1, True, None, None),
+    ("checkpoint.keep", 1, True, None, None),
+    ("tokenizer.vocab_size", 1, True, None, None),
+)
+CHOICES = (
+    ("model.init", ("pretrained", "scratch")),
+    ("model.attention", ("xla", "cudnn")),
+    ("model.dtype", ("float32", "bfloat16", "float16")),
+    ("data.test_split", ("test", "validation")),
+    ("data.unknown_label", ("error", "map_to_o")),
+    ("train.freeze", ("none", "head_only", "top_k")),
+)
+
+
+def _get(config: ConfigDict, key: str):
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def validate(config: ConfigDict) -> ConfigDict:
+    """Refuses, naming the key, a value no run can use: a size, count or rate out of its range,
+    a choice not among the known ones. Runs before anything is loaded."""
+    for key, low, low_ok, high, high_ok in RANGES:
+        value = _get(config, key)
+        if value is None:
+            continue
+        too_low = value < low if low_ok else value <= low
+        too_high = high is not None and (value > high if high_ok else value >= high)
+        if too_low or too_high:
+            bounds = f"{'>=' if low_ok else '>'} {low}" + (f" and {'<=' if high_ok else '<'} {high}" if high is not None else "")
+            raise ConfigError(f"{key}={value}: must be {bounds}")
+    for key, choices in CHOICES:
+        if _get(config, key) not in choices:
+            raise ConfigError(f"{key}={_get(config, key)!r}: choose one of {', '.join(choices)}")
+    buckets = tuple(config.data.buckets)
+    if not buckets or any(not isinstance(b, int) or b < 1 for b in buckets):
+        raise ConfigError(f"data.buckets={buckets}: must be positive token counts")
     return config

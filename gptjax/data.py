@@ -262,6 +262,9 @@ def read_sequence_file(
             where = f"{path}, line {start}"
             if not any(v.strip() for v in row):
                 continue  # blank line
+            if len(row) > len(header):
+                raise DataError(f"{where}: {len(row)} fields but the header has {len(header)} ({header}); "
+                                "quote a text that contains the delimiter")
             value = row[text_at] if text_at < len(row) else ""
             label = row[label_at] if label_at < len(row) else ""
             if not value.strip():
@@ -445,6 +448,52 @@ class LabelVocab:
         """Read a vocabulary written by save()."""
         with open(path, encoding="utf-8") as f:
             return cls(json.load(f)["names"])
+
+
+def name_labels(splits: dict[str, list], names: Sequence[str]) -> dict[str, list]:
+    """Integer label ids (as a dataset dump writes them) replaced by `names` (data.label_names)."""
+    def name(label: str, where: str) -> str:
+        if not _INT_RE.fullmatch(label):
+            return label
+        if not 0 <= int(label) < len(names):
+            raise DataError(f"{where}: label id {label} outside data.label_names ({len(names)} names)")
+        return names[int(label)]
+
+    out = {}
+    for split, examples in splits.items():
+        if examples and isinstance(examples[0], TokenExample):
+            out[split] = [replace(ex, tags=tuple(name(t, ex.where(i)) for i, t in enumerate(ex.tags))) for ex in examples]
+        else:
+            out[split] = [replace(ex, label=name(ex.label, ex.where())) for ex in examples]
+    return out
+
+
+def check_iob2(splits: dict[str, list]) -> None:
+    """Token tags must be IOB2 (O, B-TYPE, I-TYPE), which the entity metrics read: anything else
+    is refused before training, naming the file, line and tag, and the fix."""
+    openings = {"B-": 0, "I-": 0}
+    first_i = None
+    for examples in splits.values():
+        for ex in examples:
+            prev = "O"
+            for i, tag in enumerate(ex.tags):
+                if tag != "O" and not (tag[:2] in ("B-", "I-") and len(tag) > 2):
+                    if _INT_RE.fullmatch(tag):
+                        fix = "the tags are integer ids: name them with data.label_names=('O', 'B-PER', ...)"
+                    else:
+                        fix = "tags must be O, B-TYPE or I-TYPE (IOB2)"
+                    raise DataError(f"{ex.where(i)}: tag {tag!r} ({ex.tokens[i]!r}) is not IOB2; {fix}")
+                if tag[:2] == "B-" or (tag[:2] == "I-" and (prev == "O" or prev[2:] != tag[2:])):
+                    openings[tag[:2]] += 1
+                    if tag[:2] == "I-" and first_i is None:
+                        first_i = f"{ex.where(i)}: {tag!r} after {prev!r}"
+                prev = tag
+    if openings["I-"] > openings["B-"]:
+        raise DataError(f"{first_i}: most entities ({openings['I-']} of {sum(openings.values())}) open with I-, so the "
+                        "tags look IOB1; set data.iob1_to_iob2=true to convert them")
+    if openings["I-"]:
+        logger.warning("%d entities open with I- (first at %s); strict IOB2 scoring does not count them",
+                       openings["I-"], first_i)
 
 
 def check_labels(splits: dict[str, list], vocab: LabelVocab, task: str,

@@ -9,21 +9,18 @@ import dataclasses
 import logging
 import os
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import jax
 
-from gptjax import data, peft, synthetic
+from gptjax import artifact, data, peft, synthetic, tasks, workdir as wd
 from gptjax.config import ConfigError
 from gptjax.hf import CheckpointError, from_pretrained, resolve_checkpoint
 from gptjax.model import GPT2, GPT2Config, init_model
 
 log = logging.getLogger("gptjax")
-
-HEAD_OF_TASK = {"token": "token_classification", "sequence": "sequence_classification"}
-LABELS_FILE = "labels.json"
 OFFLINE_HINT = (
     "Without the Hugging Face Hub, point --config.model.name_or_path at a local directory with "
     "config.json and model.safetensors (and tokenizer files), --config.data.source at a directory "
@@ -74,21 +71,41 @@ class Experiment:
     buckets: tuple[int, ...]
     pad_id: int
     model: GPT2 | None = None
+    fingerprint: dict | None = None  # artifact.data_fingerprint of the splits
 
 
-def load_data(config, workdir: Path) -> dict[str, list]:
+def load_data(config, names=None) -> dict[str, list]:
+    """{split: examples} of the config's source; `names` picks splits (default: all the run
+    uses)."""
     cfg = config.data
     source = cfg.source
+    if source is None:
+        raise ConfigError("data.source is not set: a hub dataset id, a local directory, or 'synthetic'")
     if source == "synthetic":
-        # Written out as CoNLL files so the demo runs through the same reader as real data.
-        source = str(workdir / "data")
-        if jax.process_index() == 0:
+        # Written out as CoNLL files (the same on every process: it is made from a seed), so the
+        # demo runs through the same reader as real data.
+        with tempfile.TemporaryDirectory() as directory:
             corpus = synthetic.make_ner_corpus(seed=cfg.synthetic_seed, sizes=tuple(cfg.synthetic_sizes))
-            synthetic.write_corpus(corpus, source)
-        _all_processes_reach("synthetic data written")
+            synthetic.write_corpus(corpus, directory)
+            return _load_splits(config, directory, names)
+    return _load_splits(config, source, names)
+
+
+def checked(config, splits: dict[str, list]) -> dict[str, list]:
+    """Labels named (data.label_names) and checked against the task's scheme, before any training."""
+    if config.data.label_names:
+        splits = data.name_labels(splits, tuple(config.data.label_names))
+    if config.task == "token":
+        data.check_iob2(splits)
+    return splits
+
+
+def _load_splits(config, source: str, names) -> dict[str, list]:
+    cfg = config.data
     if cfg.test_split not in ("test", "validation"):
         raise ConfigError(f"data.test_split={cfg.test_split!r}: choose 'test' or 'validation'")
-    names = ("train", "validation", "test") if cfg.test_split == "test" else ("train", "validation")
+    if names is None:
+        names = ("train", "validation", "test") if cfg.test_split == "test" else ("train", "validation")
     try:
         splits = data.load_splits(
             source, config.task, iob1_to_iob2=cfg.iob1_to_iob2, text_column=cfg.text_column,
@@ -98,15 +115,10 @@ def load_data(config, workdir: Path) -> dict[str, list]:
         raise
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds when the hub is out of reach
         raise SetupError(f"data.source={source!r}: could not load it ({type(e).__name__}: {e}).\n{OFFLINE_HINT}") from e
-    splits.setdefault("test", splits["validation"])
+    splits = checked(config, splits)
+    if "validation" in splits:
+        splits.setdefault("test", splits["validation"])
     return splits
-
-
-def _all_processes_reach(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 def load_tokenizer(config, train_examples, model_dir: Path | None):
@@ -135,7 +147,7 @@ def model_overrides(config) -> dict:
 
 def build_model(config, vocab: data.LabelVocab, tokenizer, model_dir: Path | None) -> GPT2:
     cfg = config.model
-    head = HEAD_OF_TASK[config.task]
+    head = tasks.get(config.task).head
     if cfg.init == "scratch":
         arch = {k: v for k, v in cfg.arch.items() if v is not None}
         base = GPT2Config.named(cfg.name_or_path) if cfg.name_or_path else GPT2Config()
@@ -164,52 +176,56 @@ def checkpoint_dir(config) -> Path | None:
         raise SetupError(f"model.name_or_path: {e}\n{OFFLINE_HINT}") from e
 
 
-def encode(config, splits, tokenizer, vocab) -> dict[str, data.EncodedSplit]:
+def encode_split(config, task: str, examples, tokenizer, vocab) -> data.EncodedSplit:
+    """One split's examples tokenised, with labels aligned, as training and evaluation read them."""
     cfg = config.data
-    if config.task == "token":
-        return {
-            name: data.encode_token_split(examples, tokenizer, vocab, cfg.max_length, cfg.label_all_subwords)
-            for name, examples in splits.items()
-        }
-    return {name: data.encode_sequence_split(examples, tokenizer, vocab, cfg.max_length) for name, examples in splits.items()}
+    if task == "token":
+        return data.encode_token_split(examples, tokenizer, vocab, cfg.max_length, cfg.label_all_subwords)
+    return data.encode_sequence_split(examples, tokenizer, vocab, cfg.max_length)
 
 
-def prepare(config, workdir: Path, model_dir: Path | None = None) -> Experiment:
+def encode(config, splits, tokenizer, vocab) -> dict[str, data.EncodedSplit]:
+    return {name: encode_split(config, config.task, examples, tokenizer, vocab) for name, examples in splits.items()}
+
+
+def prepare(config, workdir) -> Experiment:
     """Loads and checks the data, the label vocabulary, the tokenizer and the model, and tokenises
     every split: all before any training starts.
 
-    A new run builds the vocabulary from the train split (saved to WORKDIR/labels.json) and the
-    model from the config; with `model_dir` (a trained run's export) all three come from the run.
+    Resuming a run (WORKDIR/run.json exists) refuses data other than the run started with, and
+    uses the run's own tokenizer (one trained on the fly is not trained again); a named tokenizer
+    that differs from the run's is refused.
     """
-    if config.task not in HEAD_OF_TASK:
-        raise ConfigError(f"task={config.task!r}: choose 'token' or 'sequence'")
+    task = tasks.get(config.task)
     peft.check_config(config)
+    saved = None
+    if config.checkpoint.resume and artifact.is_run(workdir):
+        saved = wd.read_json(workdir / artifact.RUN_FILE, "run record")
     sources = [config.data.source, config.tokenizer.name_or_path]
-    if model_dir is None and config.model.init == "pretrained":
+    if config.model.init == "pretrained":
         sources.append(config.model.name_or_path)
     if any(is_hub_id(name) for name in sources):
         use_cache_only_if_hub_unreachable()
-    pretrained = model_dir or checkpoint_dir(config)
-    splits = load_data(config, workdir)
-    if model_dir is None:
-        vocab = data.LabelVocab.from_examples(splits["train"], config.task)
-        if jax.process_index() == 0:
-            vocab.save(str(workdir / LABELS_FILE))
+    pretrained = checkpoint_dir(config)
+    splits = load_data(config)
+    fingerprint = artifact.data_fingerprint(splits)
+    if saved is not None:
+        artifact.check_same_data(saved["data"], fingerprint, workdir)
+    vocab = data.LabelVocab.from_examples(splits["train"], task.name)
+    splits = data.check_labels(splits, vocab, task.name, policy=config.data.unknown_label)
+    if saved is not None and config.tokenizer.name_or_path == "train":
+        tokenizer = artifact.load_tokenizer(workdir / artifact.TOKENIZER_DIR)
     else:
-        vocab = data.LabelVocab.load(str(workdir / LABELS_FILE))
-    splits = data.check_labels(splits, vocab, config.task, policy=config.data.unknown_label)
-    if model_dir is None:
         tokenizer = load_tokenizer(config, splits["train"], pretrained)
-        model = build_model(config, vocab, tokenizer, pretrained)
-    else:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), add_prefix_space=True)
-        model = from_pretrained(str(model_dir), HEAD_OF_TASK[config.task], labels=vocab.names, **model_overrides(config))
+    if saved is not None and artifact.tokenizer_fingerprint(tokenizer) != saved["tokenizer"]:
+        raise ConfigError(f"{workdir}: tokenizer {config.tokenizer.name_or_path or config.model.name_or_path!r} is "
+                          "not the one the run started with; resume needs the same tokenizer (or a new --workdir)")
+    model = build_model(config, vocab, tokenizer, pretrained)
     if config.data.max_length > model.config.n_positions:
         raise ConfigError(f"data.max_length={config.data.max_length} exceeds the model's n_positions={model.config.n_positions}")
     encoded = encode(config, splits, tokenizer, vocab)
     for name, split in encoded.items():
         log.info("%s: %d examples, %d truncated to %d tokens", name, len(split), split.num_truncated, config.data.max_length)
     buckets = data.make_buckets(config.data.max_length, tuple(config.data.buckets))
-    return Experiment(config, config.task, vocab, tokenizer, encoded, buckets, data.pad_token_id(tokenizer), model)
+    return Experiment(config, task.name, vocab, tokenizer, encoded, buckets, data.pad_token_id(tokenizer), model,
+                      fingerprint)

@@ -116,10 +116,14 @@ def _weight_files(directory: Path) -> list[Path]:
 def _read_tensors(files: list[Path]) -> dict[str, np.ndarray]:
     tensors = {}
     for file in files:
-        with safe_open(str(file), framework="numpy") as f:
-            for key in f.keys():
-                # transformers' task models prefix the backbone with "transformer.", GPT2Model does not.
-                tensors[key.removeprefix("transformer.")] = (f.get_tensor(key), file)
+        try:
+            with safe_open(str(file), framework="numpy") as f:
+                for key in f.keys():
+                    # transformers' task models prefix the backbone with "transformer.", GPT2Model does not.
+                    tensors[key.removeprefix("transformer.")] = (f.get_tensor(key), file)
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+            raise CheckpointError(f"{file}: cannot be read as safetensors ({e}); the file is damaged or "
+                                  "truncated") from None
     return tensors
 
 
@@ -150,8 +154,16 @@ def from_pretrained(
     config_file = directory / CONFIG
     if not config_file.is_file():
         raise CheckpointError(f"{directory}: no {CONFIG} in it")
-    hf_config = json.loads(config_file.read_text(encoding="utf-8"))
-    config = GPT2Config.from_hf_dict(hf_config, source=str(config_file), **config_changes)
+    try:
+        hf_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{config_file}: not valid JSON ({e})") from None
+    if not isinstance(hf_config, dict):
+        raise CheckpointError(f"{config_file}: expected a JSON object, found {type(hf_config).__name__}")
+    try:
+        config = GPT2Config.from_hf_dict(hf_config, source=str(config_file), **config_changes)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{config_file}: {e}") from None
     tensors = _read_tensors(_weight_files(directory))
 
     head_module = HEAD_MODULE.get(head)

@@ -75,8 +75,9 @@ def xla_memory(config: GPT2Config, *, head: str, num_labels: int | None, batch: 
     from flax import nnx
 
     from gptjax.config import base_config
-    from gptjax.train import TrainState, make_optimizer, make_train_step
+    from gptjax.steps import TrainState, make_optimizer, make_train_step
 
+    # Abstract shapes throughout: build_steps would allocate the model; the step is the same one.
     model = abstract_model(config, head, num_labels)
     graphdef, params = nnx.split(model)
     tx, _ = make_optimizer(base_config().train, 10)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import sys
 import unicodedata
@@ -38,19 +39,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from seqeval.scheme import IOB2, Entities
 
-from gptjax import data, evaluation, sharding
+from gptjax import data, evaluation, sharding, workdir as wd
 from gptjax.config import ConfigError
-from gptjax.hf import CONFIG, CheckpointError, from_pretrained
 
 log = logging.getLogger("gptjax")
 
 WORD_PATTERN = re.compile(r"\d+(?:[.,]\d+)+|\w+|[^\w\s]")
-TASK_OF_ARCHITECTURE = {"GPT2ForTokenClassification": "token", "GPT2ForSequenceClassification": "sequence"}
 CHUNK_BATCHES = 16  # lines are read and predicted this many eval batches at a time
 _MAX_WARNINGS = 10
 
@@ -99,45 +96,30 @@ def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
 # The model
 
 
-def make_probabilities_step(graphdef):
-    """predict(params, batch) -> (class ids [B], softmax probabilities [B, C] in float32), for
-    sequence tasks; the ids are argmax of the logits, as make_predict_step's."""
-
-    def predict(params, batch):
-        logits = nnx.merge(graphdef, params)(batch["input_ids"], batch["attention_mask"]).astype(jnp.float32)
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32), jax.nn.softmax(logits, axis=-1)
-
-    return jax.jit(predict)
-
-
 @dataclasses.dataclass
 class Predictor:
-    """A trained model with what it needs to read text: its tokenizer, labels and batch shapes."""
+    """A trained model (gptjax/artifact.py's Trained) with what it needs to read text."""
 
-    task: str  # "token" or "sequence"
-    labels: list[str]
-    tokenizer: Any
-    graphdef: Any
-    params: Any  # the whole model's, on the mesh
-    mesh: Any
-    max_length: int
-    buckets: tuple[int, ...]
-    batch_size: int
-    pad_id: int
+    trained: Any
 
     def __post_init__(self):
-        from gptjax.train import make_predict_step
+        from gptjax.steps import make_predict_step
 
-        sharding.check_batch_size(self.batch_size, self.mesh, "train.eval_batch_size")
+        t = self.trained
+        self.task, self.labels, self.tokenizer, self.steps = t.task, t.labels, t.tokenizer, t.steps
+        self.max_length = t.config.data.max_length
+        self.buckets = data.make_buckets(self.max_length, tuple(t.config.data.buckets))
+        self.batch_size = t.config.train.eval_batch_size
+        self.pad_id = data.pad_token_id(self.tokenizer)
         self.vocab = data.LabelVocab(self.labels)
         self.num_truncated = 0  # lines cut at max_length so far
-        if self.task == "token":
-            self.step = make_predict_step(self.graphdef)  # the one evaluation uses
-        else:
-            self.step = make_probabilities_step(self.graphdef)
+        # Token tasks: the step evaluation uses; sequence tasks also want the probabilities.
+        self.step = make_predict_step(self.steps.graphdef, self.steps.partition, probabilities=self.task == "sequence")
 
     def _run(self, batch):
-        return jax.device_get(self.step(self.params, sharding.put_batch(batch, self.mesh)))
+        s = self.steps
+        with jax.set_mesh(s.mesh):
+            return jax.device_get(self.step(s.params, sharding.put_batch(batch, s.mesh), s.frozen))
 
     def predict(self, lines: list[str], numbers: list[int] | None = None) -> list[dict]:
         """One output object per line (see the module docstring)."""
@@ -220,67 +202,33 @@ class Predictor:
             yield from self.predict([t for _, t in chunk], [n for n, _ in chunk])
 
 
-# ---------------------------------------------------------------------------------------------
-# Loading
-
-
-def from_workdir(config, workdir, which: str = "best") -> Predictor:
-    """The workdir's best model (or latest checkpoint), as training built it."""
-    from gptjax.workdir_modes import load_trained
-
-    exp, graphdef, params, mesh = load_trained(config, workdir, which)
-    return Predictor(exp.task, exp.vocab.names, exp.tokenizer, graphdef, params, mesh, config.data.max_length,
-                     exp.buckets, config.train.eval_batch_size, exp.pad_id)
-
-
-def from_export(model_dir, config) -> Predictor:
-    """An exported Hugging Face directory: its config.json says the task and the label names."""
-    from transformers import AutoTokenizer
-
-    from gptjax.experiment import HEAD_OF_TASK, model_overrides
-    from gptjax.train import place_params
-
-    model_dir = Path(model_dir)
-    config_file = model_dir / CONFIG
-    if not config_file.is_file():
-        raise CheckpointError(f"{model_dir}: no {CONFIG} in it (--model_dir takes an exported directory)")
-    hf_config = json.loads(config_file.read_text(encoding="utf-8"))
-    architectures = hf_config.get("architectures") or []
-    task = next((TASK_OF_ARCHITECTURE[a] for a in architectures if a in TASK_OF_ARCHITECTURE), None)
-    if task is None:
-        raise CheckpointError(f"{config_file}: architectures {architectures} has no classifier; "
-                              f"predict needs one of {', '.join(TASK_OF_ARCHITECTURE)}")
-    model = from_pretrained(str(model_dir), HEAD_OF_TASK[task], **model_overrides(config))
-    labels = list(model.labels or (f"LABEL_{i}" for i in range(model.num_labels)))
-    max_length = config.data.max_length
-    if max_length > model.config.n_positions:
-        raise ConfigError(f"data.max_length={max_length} exceeds the model's n_positions={model.config.n_positions}")
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), add_prefix_space=True)
-    mesh = sharding.make_mesh()
-    graphdef, params = place_params(model, mesh)
-    buckets = data.make_buckets(max_length, tuple(config.data.buckets))
-    return Predictor(task, labels, tokenizer, graphdef, params, mesh, max_length, buckets,
-                     config.train.eval_batch_size, data.pad_token_id(tokenizer))
-
-
-def run(predictor: Predictor, input_path: str | None = None, output_path: str | None = None) -> int:
+def run(predictor: Predictor, input_path: str | None = None, output_path: str | None = None,
+        overwrite: bool = False) -> int:
     """Reads --input (or standard input), writes JSON Lines to --output (or standard output);
     returns the number of lines."""
     if input_path and not Path(input_path).is_file():
         raise ConfigError(f"--input={input_path}: no such file")
+    wd.check_output_file(output_path, [input_path], overwrite)
     source = open(input_path, "rb") if input_path else sys.stdin.buffer
-    sink = open(output_path, "wb") if output_path else sys.stdout.buffer
+    # The output is written beside its final name and renamed at the end: an existing file is
+    # never emptied, not even when it is the input, and a killed run leaves no half file.
+    tmp = f"{output_path}.tmp-{os.getpid()}" if output_path else None
+    sink = open(tmp, "wb") if tmp else sys.stdout.buffer
     count = 0
     try:
         for record in predictor.predict_stream(read_lines(source, input_path or "<stdin>")):
             sink.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
             count += 1
         sink.flush()
+        if tmp:
+            sink.close()
+            os.replace(tmp, output_path)
     finally:
         if input_path:
             source.close()
-        if output_path:
+        if tmp and os.path.exists(tmp):
             sink.close()
+            os.unlink(tmp)
     log.info("predicted %d lines; %d longer than data.max_length=%d tokens were cut", count, predictor.num_truncated,
              predictor.max_length)
     return count

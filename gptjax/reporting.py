@@ -10,12 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 import sys
+import tempfile
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
+from etils import epath
+
+from gptjax.workdir import append_lines, is_local
 
 log = logging.getLogger("gptjax")
 
@@ -26,36 +31,40 @@ class NonFiniteError(RuntimeError):
     """The loss or the gradients stopped being finite; nothing from that step on is saved."""
 
 
-def truncate_metrics(workdir: Path, step: int) -> None:
-    """Drops the lines a resumed run will write again: those after `step`, and the final test."""
-    path = workdir / METRICS_FILE
-    if not path.exists():
-        return
-    lines = [l for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
-    kept = []
-    for line in lines:
+def read_metrics(path) -> list[dict]:
+    """The lines of a metrics.jsonl as the run's final history: a resumed run's lines replace
+    those the stopped run wrote after its checkpoint (and its test line); "run" lines and a line
+    cut short by a kill are left out."""
+    kept: list[dict] = []
+    for text in epath.Path(path).read_text(encoding="utf-8").splitlines():
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill
+            line = json.loads(text)
+        except json.JSONDecodeError:
             continue
-        if record["step"] <= step and record["split"] != "test":
+        if line.get("split") == "run":
+            kept = [l for l in kept if l["step"] <= line["step"] and l["split"] != "test"]
+        else:
             kept.append(line)
-    path.write_text("".join(l + "\n" for l in kept), encoding="utf-8")
+    return kept
 
 
 class Reporter:
-    def __init__(self, workdir: Path, total_steps: int, *, resume_step: int | None = None, pending=(), write=True):
+    def __init__(self, workdir, total_steps: int, *, resume_step: int | None = None, pending=(), write=True):
         """`write=False` (every process but the first) checks and logs, but writes no file."""
         from tensorboardX import SummaryWriter
 
         self.metrics_file = self.tensorboard = None
         if write:
-            if resume_step is None:
-                (workdir / METRICS_FILE).unlink(missing_ok=True)
-            else:
-                truncate_metrics(workdir, resume_step)
-            self.metrics_file = open(workdir / METRICS_FILE, "a", encoding="utf-8")
-            self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+            # Appended to, never rewritten: each run (or resumed run) starts with a line of split
+            # "run"; lines after it replace earlier ones of the same or a later step.
+            self.metrics_file = workdir / METRICS_FILE
+            self.write({"step": resume_step or 0, "split": "run", "resumed": resume_step is not None,
+                        "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+            # tensorboardX writes only local files (gs:// would need google-cloud-storage): on cloud
+            # storage the events are written locally and copied up after each evaluation.
+            self.tensorboard_dir = workdir / "tensorboard"
+            self._staging = None if is_local(workdir) else tempfile.mkdtemp(prefix="gptjax-tensorboard-")
+            self.tensorboard = SummaryWriter(self._staging or str(self.tensorboard_dir))
         self.total_steps = total_steps
         self.progress = None
         if write and sys.stderr.isatty():
@@ -115,6 +124,7 @@ class Reporter:
     def eval_line(self, step: int, split: str, epoch: int | None, metrics: dict) -> None:
         line = {"step": step, "split": split, **({"epoch": epoch + 1} if epoch is not None else {}), **metrics}
         self.write(line)
+        self._copy_up_tensorboard()
         headline = {k: v for k, v in metrics.items() if isinstance(v, float)}
         log.info("%s at step %d: %s", split, step, "  ".join(f"{k} {v:.4f}" for k, v in headline.items()))
         self._since = time.perf_counter()  # evaluation time is not training throughput
@@ -122,8 +132,9 @@ class Reporter:
     def write(self, line: dict) -> None:
         if self.metrics_file is None:
             return
-        self.metrics_file.write(json.dumps(line) + "\n")
-        self.metrics_file.flush()
+        append_lines(self.metrics_file, [json.dumps(line)])
+        if self.tensorboard is None or line["split"] == "run":
+            return
         for key, value in line.items():
             if isinstance(value, (int, float)) and key not in ("step", "epoch"):
                 self.tensorboard.add_scalar(f"{line['split']}/{key}", value, line["step"])
@@ -131,6 +142,16 @@ class Reporter:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.close()
-        if self.metrics_file is not None:
-            self.metrics_file.close()
+        if self.tensorboard is not None:
             self.tensorboard.close()
+            self._copy_up_tensorboard()
+            if self._staging:
+                shutil.rmtree(self._staging, ignore_errors=True)
+
+    def _copy_up_tensorboard(self) -> None:
+        if self.tensorboard is None or not self._staging:
+            return
+        self.tensorboard.flush()
+        self.tensorboard_dir.mkdir(parents=True, exist_ok=True)
+        for name in os.listdir(self._staging):
+            epath.Path(self._staging, name).copy(self.tensorboard_dir / name, overwrite=True)

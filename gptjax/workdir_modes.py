@@ -1,94 +1,82 @@
-"""run.py's modes that start from a trained workdir: eval and export.
+"""The modes that use a trained run: eval and export (predict is gptjax/predict.py).
 
-Both read the workdir's best model (WORKDIR/best, the one kept by the validation metric) or its
-latest checkpoint; a workdir that only holds export/ (copied without checkpoints) works too.
+Both load the run through gptjax/artifact.py (a workdir's best model or latest checkpoint, or an
+export), need no --config and no training data, and write nothing into the workdir.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
+import os
 
-from flax import nnx
-
-from gptjax import evaluation, peft, sharding
-from gptjax.checkpoint import Checkpoints, abstract_like, check_compatible
-from gptjax.experiment import prepare
-from gptjax.hf import CheckpointError
-from gptjax.train import (
-    evaluate_split, export as export_model, init_train_state, make_optimizer, make_predict_step, place_params,
-    scalar_metrics,
-)
+from gptjax import artifact, data, evaluation, workdir as wd
+from gptjax.experiment import checked, encode_split, load_data
+from gptjax.train import EXPORT_MARKER, evaluate_encoded, export as export_model, scalar_metrics
 
 log = logging.getLogger("gptjax")
-WHICH = ("best", "latest")
 
 
-def load_trained(config, workdir, which: str = "best"):
-    """(experiment, graphdef, params on the mesh, mesh) of a trained workdir.
-
-    Checkpoints hold what trained; the frozen rest (train.freeze, LoRA) is rebuilt from the config
-    and checked against the checksum the checkpoint recorded. The params returned are the whole
-    model's (LoRA adapters unmerged, as in training)."""
-    workdir = Path(workdir)
-    mesh = sharding.make_mesh(config.mesh)
-    if not (workdir / "checkpoints").is_dir():
-        export_dir = workdir / "export"
-        if which != "best" or not (export_dir / "config.json").is_file():
-            raise CheckpointError(f"{workdir}: no checkpoints in it; train first")
-        exp = prepare(config, workdir, model_dir=export_dir)
-        graphdef, params = place_params(exp.model, mesh)
-        return exp, graphdef, params, mesh
-    exp = prepare(config, workdir)  # the model's structure and the tokenizer, as training built them
-    partition = peft.partition(config, exp.model)
-    checkpoints = Checkpoints(workdir)
+def read_split(config, task: str, split: str, input_file: str | None) -> list:
+    """The examples of one split: from a file the user names, or from the run's own source (only
+    that split is read; a synthetic one is generated in a temporary directory)."""
+    cfg = config.data
+    if input_file:
+        if not os.path.isfile(input_file):
+            raise data.DataError(f"--input={input_file}: no such file")
+        examples = data.read_split_file(input_file, task, iob1_to_iob2=cfg.iob1_to_iob2, text_column=cfg.text_column,
+                                        label_column=cfg.label_column)
+        return checked(config, {split: examples})[split]
+    if split == "test" and cfg.test_split == "validation":
+        split = "validation"
     try:
-        if which == "best":
-            graphdef, params = place_params(exp.model, mesh)
-            trainable, frozen = partition.split(params)
-            restored = checkpoints.restore_best(abstract_like(trainable))
-            if restored is None:
-                raise CheckpointError(f"{workdir}: no best model yet (no epoch has been evaluated)")
-            trainable, meta = restored
-            peft.check_base(meta.get("base"), peft.checksum(frozen), checkpoints.best_directory)
-            log.info("the best model: epoch %d", meta["epoch"] + 1)
-        else:
-            tx, _ = make_optimizer(config.train, 1)
-            graphdef, state, frozen = init_train_state(exp.model, tx, mesh, partition)
-            base = peft.checksum(frozen)
-
-            def check(meta):
-                check_compatible(meta, config, exp.vocab.names, checkpoints.directory)
-                peft.check_base(meta.get("base"), base, checkpoints.directory)
-
-            restored = checkpoints.restore_latest(abstract_like(state), check)
-            if restored is None:
-                raise CheckpointError(f"{workdir}: no readable checkpoint in {checkpoints.directory}")
-            trainable = restored[0].params
-            log.info("the latest checkpoint: step %d", int(restored[0].step))
-        params = partition.merge(trainable, frozen)
-    finally:
-        checkpoints.close()
-    exp.model = None
-    return exp, graphdef, params, mesh
+        return load_data(config, names=(split,))[split]
+    except data.DataError as e:
+        raise data.DataError(f"{e}\n(the run's data.source={cfg.source!r}; name a file to score with --input=FILE)") \
+            from None
 
 
-def evaluate(config, workdir, split: str = "test", which: str = "best") -> dict:
-    """Evaluates a trained model on a split; writes WORKDIR/eval_SPLIT.json and prints the report."""
-    exp, graphdef, params, mesh = load_trained(config, workdir, which)
-    metrics = evaluate_split(exp, split, make_predict_step(graphdef), params, mesh)
-    print(evaluation.format_report(f"{split} ({which})", metrics))
-    out = Path(workdir) / f"eval_{split}.json"
-    out.write_text(json.dumps(scalar_metrics(metrics), indent=2) + "\n", encoding="utf-8")
+def encoded_split(trained, split: str = "test", input_file: str | None = None) -> data.EncodedSplit:
+    """A split of the run's source (or a labelled file), encoded with the run's tokenizer and labels."""
+    config, vocab = trained.config, data.LabelVocab(trained.labels)
+    examples = read_split(config, trained.task, split, input_file)
+    examples = data.check_labels({split: examples}, vocab, trained.task, policy=config.data.unknown_label)[split]
+    return encode_split(config, trained.task, examples, trained.tokenizer, vocab)
+
+
+def evaluate(source, split: str = "test", which: str = "best", overrides=None, input_file=None, output=None) -> dict:
+    """Scores a trained model on a split (or a file); prints the report and, with `output`,
+    writes the metrics there as JSON."""
+    trained = artifact.load(source, which, overrides)
+    encoded = encoded_split(trained, split, input_file)
+    metrics = evaluate_encoded(trained.task, encoded, trained.labels, trained.steps, trained.config,
+                               data.pad_token_id(trained.tokenizer))
+    print(evaluation.format_report(f"{input_file or split} ({which})", metrics))
+    if output:
+        wd.write_json(wd.path(output, "--output"), scalar_metrics(metrics))
     return metrics
 
 
-def export(config, workdir, export_dir, which: str = "best") -> Path:
-    """Writes a trained model, with its tokenizer, to export_dir as a Hugging Face directory."""
+def export(source, export_dir, which: str = "best", overwrite: bool = False) -> str:
+    """Writes a trained model, with its tokenizer, to export_dir as a Hugging Face directory.
+    A non-empty directory that is not an earlier gptjax export is refused unless `overwrite`."""
     if not export_dir:
-        raise CheckpointError("--mode=export needs --export_dir=DIR")
-    exp, graphdef, params, _ = load_trained(config, workdir, which)
-    export_model(nnx.merge(graphdef, params), exp.tokenizer, Path(export_dir))
-    log.info("exported the %s model of %s to %s", which, workdir, export_dir)
-    return Path(export_dir)
+        raise wd.WorkdirError("--mode=export needs --export_dir=DIR")
+    target = wd.path(export_dir, "--export_dir")
+    source_path = wd.path(source, "--workdir")
+    if target.exists() and not target.is_dir():
+        raise wd.WorkdirError(f"--export_dir={target}: is a file")
+    if _inside(target, source_path) or _inside(source_path, target):
+        raise wd.WorkdirError(f"--export_dir={target}: overlaps the model being read ({source_path}); a reading "
+                              "mode writes nothing into it: export elsewhere")
+    if not overwrite and wd.is_nonempty_dir(target) and not (target / EXPORT_MARKER).exists():
+        raise wd.WorkdirError(f"--export_dir={target}: not empty and not an earlier gptjax export; choose an empty "
+                              "or new directory (or pass --overwrite)")
+    trained = artifact.load(source, which)
+    export_model(trained.model, trained.tokenizer, target, trained.config)
+    log.info("exported the %s model of %s to %s", which, source, target)
+    return str(target)
+
+
+def _inside(path, parent) -> bool:
+    a, b = os.path.abspath(os.fspath(path)), os.path.abspath(os.fspath(parent))
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep)

@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run.py and configs/ live at the top
@@ -96,3 +97,19 @@ def tiny_config(task, source, **overrides):
     }
     values.update({k: str(v) for k, v in overrides.items()})
     return apply_overrides(config, values)
+
+
+def evaluation_predictions(workdir, split="test"):
+    """(trained, the split encoded, what evaluation predicts for it): the reference for predict."""
+    from gptjax import artifact, data, evaluation, sharding
+    from gptjax.train import config_buckets
+    from gptjax.workdir_modes import encoded_split
+
+    trained = artifact.load(workdir)
+    encoded = encoded_split(trained, split)
+    evaluator = evaluation.make_evaluator(trained.task, encoded.examples, trained.labels)
+    batches = data.epoch_batches(encoded, trained.config.train.eval_batch_size, buckets=config_buckets(trained.config),
+                                 pad_id=data.pad_token_id(trained.tokenizer))
+    mesh = trained.steps.mesh
+    return trained, encoded, evaluator.predict(lambda b: np.asarray(trained.steps.predict(sharding.put_batch(b, mesh))),
+                                               batches)

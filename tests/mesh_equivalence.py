@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from gptjax import sharding  # noqa: E402
 from gptjax.config import base_config  # noqa: E402
 from gptjax.model import GPT2Config, init_model  # noqa: E402
-from gptjax.train import init_state, make_optimizer, make_train_step  # noqa: E402
+from gptjax.steps import build_steps  # noqa: E402
 
 LAYOUTS = {
     "single": dict(data=1, fsdp=1, tensor=1),
@@ -47,17 +47,16 @@ def bytes_per_device(tree):
 def run(layout):
     devices = jax.devices()[:1] if layout == "single" else jax.devices()
     mesh = sharding.make_mesh(LAYOUTS[layout], devices)
-    cfg = base_config().train
-    cfg.learning_rate, cfg.warmup_steps = 1e-3, 2
-    tx, _ = make_optimizer(cfg, 20)
-    graphdef, state = init_state(init_model(CONFIG, "token_classification", num_labels=5, seed=0), tx, mesh)
+    config = base_config()
+    config.train.learning_rate, config.train.warmup_steps, config.train.batch_size = 1e-3, 2, 16
+    steps = build_steps(config, init_model(CONFIG, "token_classification", num_labels=5, seed=0), mesh, total_steps=20)
+    state = steps.state
     sizes = {"params": bytes_per_device(state.params), "opt_state": bytes_per_device(state.opt_state),
              "c_fc_kernel_shard": list(state.params["transformer"]["h"]["mlp"]["c_fc"]["kernel"][...].addressable_shards[0].data.shape)}
-    step = sharding.under_mesh(mesh, make_train_step(graphdef, tx, seed=0, state_sharding=jax.tree.map(lambda x: x.sharding, state)))
     losses = []
     for batch in batches():
-        state, metrics = step(state, sharding.put_batch(batch, mesh))
-        losses.append(metrics["loss"])
+        losses.append(steps.train(sharding.put_batch(batch, mesh))["loss"])
+    state = steps.state
     params = {jax.tree_util.keystr(p): np.asarray(v).tolist() for p, v in jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))}
     return {"losses": [float(l) for l in losses], "params": params, "bytes": sizes}
 

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import tiny_config
 from gptjax import train
+from gptjax.reporting import read_metrics
 from gptjax.checkpoint import PREEMPTED_EXIT_CODE, check_compatible, config_json
 from gptjax.config import ConfigError
 from gptjax.reporting import NonFiniteError
@@ -75,7 +76,7 @@ def metric_steps(workdir, split):
 
 
 def metrics_without_timing(workdir):
-    lines = [json.loads(l) for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(Path(workdir) / "metrics.jsonl")
     return [{k: v for k, v in l.items() if k != "tokens_per_sec"} for l in lines]
 
 
@@ -167,7 +168,9 @@ def test_damaged_latest_checkpoint_is_skipped(reference, tmp_path):
 
 
 def test_nan_stops_the_run_and_is_never_saved(conll_dir, tmp_path, monkeypatch):
-    real = train.make_train_step
+    from gptjax import steps as steps_lib
+
+    real = steps_lib.make_train_step
 
     def poisoned(*args, **kwargs):
         step_fn = real(*args, **kwargs)
@@ -181,7 +184,7 @@ def test_nan_stops_the_run_and_is_never_saved(conll_dir, tmp_path, monkeypatch):
 
         return step
 
-    monkeypatch.setattr(train, "make_train_step", poisoned)
+    monkeypatch.setattr(steps_lib, "make_train_step", poisoned)
     config = tiny_config("token", conll_dir, **{"checkpoint.every_steps": 4, "train.log_every": 100})
     with pytest.raises(NonFiniteError, match="step 7: loss not finite"):
         train.train_and_evaluate(config, str(tmp_path))

@@ -17,7 +17,7 @@ from gptjax.checkpoint import PreemptionGuard, Preempted
 from gptjax.config import ConfigError, apply_overrides, base_config
 from gptjax.hf import save_pretrained
 from gptjax.model import GPT2Config, init_model
-from gptjax.train import init_train_state, make_optimizer, make_train_step
+from gptjax.steps import init_train_state, make_optimizer, make_train_step
 
 TINY = GPT2Config(n_layer=3, n_embd=32, n_head=4, n_inner=48, vocab_size=50, n_positions=16)
 LABELS = 3

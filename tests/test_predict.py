@@ -5,15 +5,14 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import run
 from conftest import tiny_config
-from gptjax import evaluation, predict, sharding
+from conftest import evaluation_predictions
+from gptjax import predict
 from gptjax.predict import entity_spans, read_lines, split_words
-from gptjax.train import eval_batches, make_predict_step, train_and_evaluate
-from gptjax.workdir_modes import load_trained
+from gptjax.train import train_and_evaluate
 
 
 def test_split_words_keeps_offsets():
@@ -68,18 +67,15 @@ def _odd_lines(long_words):
 
 def test_token_predict_matches_evaluation_and_the_export(token_run, tmp_path):
     config, workdir = token_run
-    exp, graphdef, params, mesh = load_trained(config, workdir)
-    examples = exp.encoded["test"].examples
-    step = make_predict_step(graphdef)
-    evaluator = evaluation.make_evaluator("token", examples, exp.vocab.names)
-    expected = evaluator.predict(lambda b: np.asarray(step(params, sharding.put_batch(b, mesh))), eval_batches(exp, "test"))
-    assert exp.encoded["test"].num_truncated > 0  # some sentences are cut at max_length: their tail is O
+    trained, encoded, expected = evaluation_predictions(workdir)
+    examples = encoded.examples
+    assert encoded.num_truncated > 0  # some sentences are cut at max_length: their tail is O
 
     long_words = [w for ex in examples for w in ex.tokens][:200]
     lines = [" ".join(ex.tokens) for ex in examples] + _odd_lines(long_words)
     source = tmp_path / "in.txt"
     source.write_bytes("\n".join(lines).encode("utf-8") + b"\nbad \xff\xfe byte\n")
-    predictor = predict.from_workdir(config, workdir)
+    predictor = predict.Predictor(trained)
     predict.run(predictor, str(source), str(tmp_path / "workdir.jsonl"))
     out = _jsonl(tmp_path / "workdir.jsonl")
     assert [o["line"] for o in out] == list(range(1, len(lines) + 2))
@@ -88,7 +84,6 @@ def test_token_predict_matches_evaluation_and_the_export(token_run, tmp_path):
     n = len(examples)
     assert [o["words"] for o in out[:n]] == [list(ex.tokens) for ex in examples]
     assert [o["tags"] for o in out[:n]] == expected
-    encoded = exp.encoded["test"]
     for i, (o, ex) in enumerate(zip(out[:n], examples)):
         lost_words = (encoded.word_index[i] >= 0).sum() < len(ex.tokens)
         assert (lost_words and o["truncated"]) or (not lost_words and o["truncated"] == (len(encoded.input_ids[i]) == 64 and o["truncated"]))
@@ -121,20 +116,16 @@ def test_sequence_predict_gives_labels_and_probabilities(sentiment_jsonl_dir, tm
     config = tiny_config("sequence", sentiment_jsonl_dir, **{"data.max_length": 32, "data.buckets": "(16, 32)",
                                                              "train.num_epochs": 1})
     train_and_evaluate(config, str(tmp_path / "run"))
-    exp, graphdef, params, mesh = load_trained(config, tmp_path / "run")
-    examples = exp.encoded["test"].examples
-    step = make_predict_step(graphdef)
-    evaluator = evaluation.make_evaluator("sequence", examples, exp.vocab.names)
-    expected = evaluator.predict(lambda b: np.asarray(step(params, sharding.put_batch(b, mesh))), eval_batches(exp, "test"))
+    trained, encoded, expected = evaluation_predictions(tmp_path / "run")
+    examples = encoded.examples
 
     lines = [ex.text for ex in examples] + ["", " ".join(["good film"] * 40), "so bad 😡\x00"]
-    predictor = predict.from_workdir(config, tmp_path / "run")
-    out = predictor.predict(lines)
+    out = predict.Predictor(trained).predict(lines)
     n = len(examples)
     assert [o["label"] for o in out[:n]] == expected
     for o in out[:n] + out[n + 1:]:
         probabilities = o["probabilities"]
-        assert list(probabilities) == exp.vocab.names
+        assert list(probabilities) == trained.labels
         assert abs(sum(probabilities.values()) - 1) < 1e-5
         assert o["label"] == max(probabilities, key=probabilities.get)
     assert out[n]["label"] is None and out[n]["probabilities"] is None

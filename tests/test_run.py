@@ -5,14 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import transformers
 
 import run
-from conftest import tiny_config
-from gptjax import evaluation, synthetic
+from conftest import evaluation_predictions, tiny_config
+from gptjax import synthetic
+from gptjax.reporting import read_metrics
 from gptjax.config import ConfigError, apply_overrides, load_config
 from gptjax.train import train_and_evaluate
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+    return read_metrics(path) if Path(path).name == "metrics.jsonl" else [json.loads(l) for l in Path(path).read_text().splitlines()]
 
 
 def check_outputs(workdir, task):
@@ -66,19 +66,10 @@ def check_export_predicts_like_gptjax(workdir, task, sentences):
     return predictions
 
 
-def gptjax_predictions(config, workdir, split):
-    """gptjax's own word-level predictions on a split, through the evaluation module."""
-    from gptjax import sharding
-    from gptjax.experiment import prepare
-    from gptjax.train import eval_batches, make_predict_step, place_params
-
-    exp = prepare(config, Path(workdir), model_dir=Path(workdir) / "export")
-    mesh = sharding.make_mesh()
-    graphdef, params = place_params(exp.model, mesh)
-    predict = make_predict_step(graphdef)
-    evaluator = evaluation.make_evaluator(exp.task, exp.encoded[split].examples, exp.vocab.names)
-    preds = evaluator.predict(lambda b: np.asarray(predict(params, sharding.put_batch(b, mesh))), eval_batches(exp, split))
-    return exp.encoded[split].examples, preds
+def gptjax_predictions(workdir, split):
+    """gptjax's own word-level predictions on a split of the export, through the evaluation module."""
+    _, encoded, preds = evaluation_predictions(Path(workdir) / "export", split)
+    return encoded.examples, preds
 
 
 @pytest.mark.parametrize("fixture", ["conll_dir", "token_jsonl_dir"])
@@ -90,7 +81,7 @@ def test_token_task_end_to_end(fixture, request, tmp_path):
     assert results["test"]["f1"] > 0.3  # it learned something in 4 tiny epochs
     # Evaluation lines per epoch; the test line last.
     assert [l["split"] for l in lines if l["split"] != "train"] == ["validation"] * 4 + ["test"]
-    examples, preds = gptjax_predictions(config, tmp_path, "test")
+    examples, preds = gptjax_predictions(tmp_path, "test")
     assert len(preds) == len(examples)  # every example counted, though 45 is not a multiple of 16
     hf_preds = check_export_predicts_like_gptjax(tmp_path, "token", [ex.tokens for ex in examples[:12]])
     assert hf_preds == preds[:12]
@@ -103,7 +94,7 @@ def test_sequence_task_end_to_end(fixture, request, tmp_path):
     check_outputs(tmp_path, "sequence")
     assert {"mcc", "per_class"} <= set(results["test"])
     assert results["test"]["accuracy"] > 0.8  # one sentiment word decides the label
-    examples, preds = gptjax_predictions(config, tmp_path, "test")
+    examples, preds = gptjax_predictions(tmp_path, "test")
     assert len(preds) == len(examples)
     assert check_export_predicts_like_gptjax(tmp_path, "sequence", [ex.text for ex in examples[:12]]) == preds[:12]
 
@@ -138,12 +129,17 @@ def test_eval_and_export_modes(conll_dir, tmp_path):
             "--config.tokenizer.vocab_size=300"]
     run.main(args)
     test_f1 = json.loads((tmp_path / "results.json").read_text())["test"]["f1"]
-    run.main(args + ["--mode=eval", "--split=test"])
-    assert json.loads((tmp_path / "eval_test.json").read_text())["f1"] == test_f1
-    run.main(args + ["--mode=eval", "--split=validation", "--checkpoint=latest"])
-    assert "f1" in json.loads((tmp_path / "eval_validation.json").read_text())
-    run.main(args + ["--mode=export", f"--export_dir={tmp_path / 'out'}"])
-    exported = transformers.GPT2ForTokenClassification.from_pretrained(tmp_path / "out")
+    # The training command with a reading mode added: its overrides repeat the run's own values.
+    run.main(args + ["--mode=eval", "--split=test", f"--output={tmp_path.parent / 'eval_test.json'}"])
+    assert json.loads((tmp_path.parent / "eval_test.json").read_text())["f1"] == test_f1
+    run.main(["--mode=eval", f"--workdir={tmp_path}", "--split=validation", "--checkpoint=latest",
+              f"--output={tmp_path.parent / 'eval_validation.json'}"])
+    assert "f1" in json.loads((tmp_path.parent / "eval_validation.json").read_text())
+    with pytest.raises(SystemExit, match="the trained run has model.arch.n_layer=1, which a reading mode cannot change"):
+        run.main(["--mode=eval", f"--workdir={tmp_path}", "--config.model.arch.n_layer=2"])
+    out = tmp_path.parent / f"{tmp_path.name}-hf"
+    run.main(args + ["--mode=export", f"--export_dir={out}"])
+    exported = transformers.GPT2ForTokenClassification.from_pretrained(out)
     assert exported.config.num_labels == 9
     kept = transformers.GPT2ForTokenClassification.from_pretrained(tmp_path / "export")
     for (name, a), (_, b) in zip(exported.state_dict().items(), kept.state_dict().items()):

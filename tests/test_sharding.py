@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gptjax.reporting import read_metrics
+
 from gptjax.config import ConfigError
 from gptjax.sharding import mesh_shape
 
@@ -78,7 +80,7 @@ def _final_params(workdir):
 
 
 def _losses(workdir):
-    lines = [json.loads(l) for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(Path(workdir) / "metrics.jsonl")
     return [l["loss"] for l in lines if l["split"] == "train"]
 
 

@@ -3,15 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import pytest
 from flax import nnx
-from ml_collections import ConfigDict
 
 from gptjax import sharding
 from gptjax.config import base_config
 from gptjax.model import GPT2Config, init_model
-from gptjax.train import decay_mask, init_state, make_optimizer, make_train_step, masked_cross_entropy
+from gptjax.steps import decay_mask, init_state, make_optimizer, make_train_step, masked_cross_entropy
 
 TINY = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=16)
 

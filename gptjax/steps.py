@@ -1,0 +1,239 @@
+"""The train and predict steps, built in one place from a config, a model and a mesh.
+
+build_steps is what training, evaluation, prediction, benchmark mode, the memory plan, the
+benchmarks and the tests use, so LoRA and freezing (gptjax/peft.py) apply the same everywhere.
+The state is plain pytrees (parameters as an nnx.State, Optax's state, the step), so one
+jax.jit-compiled function updates it with its buffers donated, and the same pytrees are what
+checkpoints hold. The model's graph (its structure, no arrays) is closed over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from gptjax import peft, sharding
+from gptjax.config import ConfigError
+from gptjax.data import IGNORE_INDEX
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Any  # nnx.State of the model's parameters (float32)
+    opt_state: Any
+
+
+# ---------------------------------------------------------------------------------------------
+# The optimizer
+
+
+def learning_rate_schedule(train_cfg, total_steps: int) -> optax.Schedule:
+    """Linear warm-up from 0 to the peak, then linear decay to 0 at the last step."""
+    warmup = int(train_cfg.warmup_ratio * total_steps) if train_cfg.warmup_steps is None else train_cfg.warmup_steps
+    warmup = min(warmup, total_steps)
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, train_cfg.learning_rate, max(warmup, 1)),
+            optax.linear_schedule(train_cfg.learning_rate, 0.0, max(total_steps - warmup, 1)),
+        ],
+        [warmup],
+    )
+
+
+def decay_mask(params):
+    """Weight decay on matrices only: kernels, embeddings and LoRA adapters, not biases or LayerNorm
+    scales.
+
+    Decided by name rather than rank, since stacked blocks give biases and scales a layer axis.
+    """
+    def is_matrix(path, _):
+        names = {str(getattr(k, "key", getattr(k, "name", ""))) for k in path}
+        return bool(names & {"kernel", "embedding", "lora_a", "lora_b"})
+
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
+
+
+def make_optimizer(train_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    schedule = learning_rate_schedule(train_cfg, total_steps)
+    tx = optax.chain(
+        optax.clip_by_global_norm(train_cfg.max_grad_norm),
+        optax.adamw(
+            schedule, b1=train_cfg.adam_b1, b2=train_cfg.adam_b2, eps=train_cfg.adam_eps,
+            weight_decay=train_cfg.weight_decay, mask=decay_mask,
+        ),
+    )
+    return tx, schedule
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps
+
+
+def masked_cross_entropy(logits, labels):
+    """(sum of the cross-entropy over labelled positions, their count); -100 counts in neither."""
+    valid = labels != IGNORE_INDEX
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.where(valid, labels, 0))
+    return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(valid)
+
+
+def make_train_step(graphdef, tx, *, seed: int, grad_accum_steps: int = 1, partition: peft.Partition = peft.FULL,
+                    state_sharding=None):
+    """train_step(state, batch, frozen=None) -> (state, metrics); the batch is split into
+    grad_accum_steps micro-batches whose gradients are summed before the single optimizer update.
+
+    state.params holds what trains; `frozen` the rest (partition.split's halves, gptjax/peft.py).
+    The frozen parameters are an input, not a closed-over constant, so XLA neither embeds nor
+    copies them, and they get no gradient. `state_sharding` (the state's own shardings) pins the
+    new state where the old one was, so that it stays sharded and the step compiles once."""
+    base_key = jax.random.key(seed)
+
+    def train_step(state: TrainState, batch, frozen=None):
+        # Rows i, i+A, i+2A, ... form micro-batch i: the split stays local to each device's rows.
+        micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(-1, grad_accum_steps, *x.shape[1:]), 0, 1), batch)
+        step_key = jax.random.fold_in(base_key, state.step)
+
+        def accumulate(carry, inputs):
+            grads, loss_sum, count = carry
+            index, mb = inputs
+
+            def loss_fn(params):
+                model = nnx.merge(graphdef, partition.merge(params, frozen))
+                logits = model(mb["input_ids"], mb["attention_mask"], dropout_key=jax.random.fold_in(step_key, index))
+                return masked_cross_entropy(logits, mb["labels"])
+
+            (mb_loss, mb_count), mb_grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            grads = jax.tree.map(jnp.add, grads, mb_grads)
+            return (grads, loss_sum + mb_loss, count + mb_count), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+        (grads, loss_sum, count), _ = jax.lax.scan(accumulate, init, (jnp.arange(grad_accum_steps), micro))
+        # The gradient of the masked mean over the whole batch, however it was split.
+        denominator = jnp.maximum(count, 1).astype(jnp.float32)
+        grads = jax.tree.map(lambda g: g / denominator, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss_sum / denominator, "grad_norm": optax.tree.norm(grads)}
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    out_shardings = None if state_sharding is None else (state_sharding, None)
+    return jax.jit(train_step, donate_argnums=(0,), out_shardings=out_shardings)
+
+
+def make_predict_step(graphdef, partition: peft.Partition = peft.FULL, *, probabilities: bool = False):
+    """predict(params, batch, frozen=None) -> the argmax class ids, [B, T] or [B] (with
+    `probabilities`, also the softmax over classes in float32). With a partition, params and
+    frozen are its two halves."""
+
+    def predict(params, batch, frozen=None):
+        logits = nnx.merge(graphdef, partition.merge(params, frozen))(batch["input_ids"], batch["attention_mask"])
+        ids = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return (ids, jax.nn.softmax(logits.astype(jnp.float32), axis=-1)) if probabilities else ids
+
+    return jax.jit(predict)
+
+
+def place_params(model, mesh):
+    """(graphdef, parameters on the mesh): the model split into structure and arrays, each array
+    sharded by its logical axes (sharding.RULES)."""
+    graphdef, params = nnx.split(model)
+    return graphdef, jax.device_put(params, sharding.shardings_for(params, mesh))
+
+
+def init_train_state(model, tx, mesh, partition: peft.Partition = peft.FULL) -> tuple[Any, TrainState, Any]:
+    """(graphdef, state, frozen) on the mesh: the state holds the trainable parameters (all of
+    them by default) and an optimizer state for them alone; `frozen` the rest. Every leaf is
+    committed to its sharding, as the step's outputs will be, so the second call does not
+    compile the step again."""
+    graphdef, params = place_params(model, mesh)
+    trainable, frozen = partition.split(params)
+    make = lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p))  # noqa: E731
+    shardings = sharding.shardings_for(jax.eval_shape(make, trainable), mesh)
+    # Built inside jit straight into its shardings: the optimizer state is never whole on one device.
+    state = jax.jit(make, out_shardings=shardings)(trainable)
+    return graphdef, state, jax.device_put(frozen, sharding.shardings_for(frozen, mesh))
+
+
+def init_state(model, tx, mesh) -> tuple[Any, TrainState]:
+    """(graphdef, state) for full fine-tuning: init_train_state without a frozen part."""
+    graphdef, state, _ = init_train_state(model, tx, mesh)
+    return graphdef, state
+
+
+# ---------------------------------------------------------------------------------------------
+# All of it from a config
+
+
+@dataclasses.dataclass
+class Steps:
+    """A model placed on a mesh with its jitted steps. For training (`state` set) the state holds
+    what trains and its optimizer state; for inference only the parameters, no optimizer state."""
+
+    graphdef: Any
+    partition: peft.Partition
+    mesh: Any
+    frozen: Any  # the parameters that do not train (partition.split's second half)
+    predict_step: Any
+    state: TrainState | None = None
+    train_step: Any = None
+    schedule: optax.Schedule | None = None
+    trainable: Any = None  # inference only: partition.split's first half
+
+    @property
+    def params(self):
+        """What trains (all the parameters unless something is frozen)."""
+        return self.state.params if self.state is not None else self.trainable
+
+    def train(self, batch):
+        """One optimizer step on a batch already on the mesh; returns the step's metrics."""
+        with jax.set_mesh(self.mesh):
+            self.state, metrics = self.train_step(self.state, batch, self.frozen)
+        return metrics
+
+    def predict(self, batch, params=None):
+        with jax.set_mesh(self.mesh):
+            return self.predict_step(self.params if params is None else params, batch, self.frozen)
+
+    def whole_params(self, params=None):
+        """The whole model's parameters (trainable and frozen merged)."""
+        return self.partition.merge(self.params if params is None else params, self.frozen)
+
+    def model(self, params=None):
+        return nnx.merge(self.graphdef, self.whole_params(params))
+
+
+def check_batch_sizes(config, mesh) -> None:
+    cfg = config.train
+    sharding.check_batch_size(cfg.batch_size, mesh)
+    sharding.check_batch_size(cfg.eval_batch_size, mesh, "train.eval_batch_size")
+    if cfg.batch_size % cfg.grad_accum_steps:
+        raise ConfigError(f"train.batch_size={cfg.batch_size} is not divisible by train.grad_accum_steps={cfg.grad_accum_steps}")
+
+
+def build_steps(config, model, mesh, total_steps: int | None = None, *, probabilities: bool = False) -> Steps:
+    """The model (already shaped by peft.adapt) on the mesh with its steps. With total_steps, a
+    train state and step with the config's optimizer and schedule; without, inference only."""
+    partition = peft.partition(config, model)
+    if total_steps is None:
+        sharding.check_batch_size(config.train.eval_batch_size, mesh, "train.eval_batch_size")
+        graphdef, params = place_params(model, mesh)
+        trainable, frozen = partition.split(params)
+        return inference_steps(graphdef, partition, mesh, trainable, frozen, probabilities=probabilities)
+    check_batch_sizes(config, mesh)
+    tx, schedule = make_optimizer(config.train, total_steps)
+    graphdef, state, frozen = init_train_state(model, tx, mesh, partition)
+    train_step = make_train_step(graphdef, tx, seed=config.train.seed, grad_accum_steps=config.train.grad_accum_steps,
+                                 partition=partition, state_sharding=jax.tree.map(lambda x: x.sharding, state))
+    return Steps(graphdef, partition, mesh, frozen, make_predict_step(graphdef, partition, probabilities=probabilities),
+                 state=state, train_step=train_step, schedule=schedule)
+
+
+def inference_steps(graphdef, partition, mesh, trainable, frozen, *, probabilities: bool = False) -> Steps:
+    """Parameters already on the mesh with the predict step evaluation and prediction share."""
+    return Steps(graphdef, partition, mesh, frozen, make_predict_step(graphdef, partition, probabilities=probabilities),
+                 trainable=trainable)
