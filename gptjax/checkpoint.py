@@ -98,7 +98,8 @@ class Checkpoints:
         # Both managers save the epoch-end step: on several hosts their commit barriers would
         # share a name and wait on each other unless each has its own prefix.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=None if self.read_only else keep, create=not self.read_only, read_only=self.read_only,
+            # Read-only: nothing created or deleted. (Orbax's own read_only option logs warnings.)
+            max_to_keep=None if self.read_only else keep, create=not self.read_only,
             enable_async_checkpointing=not self.read_only,
             multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name),
         )
