@@ -1,6 +1,6 @@
 """gptjax's command line: gptjax (or python -m gptjax, or python run.py) --config=NAME --workdir=DIR [--mode=MODE] [--config.KEY=VALUE ...]
 
-  --config     configs/NAME.py (or a path to a config file)
+  --config     a named config, gptjax/configs/NAME.py (demo, ner, sst2), or a path to a config file
   --workdir    where the run writes metrics.jsonl, results.json, report.txt, TensorBoard events,
                labels.json and export/ (the kept model as a Hugging Face directory)
   --mode       train (default): train, evaluate on validation each epoch, then on test; the

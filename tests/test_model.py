@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 import transformers
 from flax import nnx
 
@@ -106,6 +105,8 @@ def test_remat_gives_the_same_gradients():
 
 @pytest.mark.parametrize("size", sorted(SIZES))
 def test_parameter_counts_match_transformers(size):
+    import torch
+
     ours = abstract_model(size)  # ShapeDtypeStructs only: no weights allocated
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(ours, nnx.Param)))
     hf_config = transformers.GPT2Config(**SIZES[size])
