@@ -43,6 +43,7 @@ def wheel(tmp_path_factory):
     return path
 
 
+@pytest.mark.fast
 def test_wheel_ships_the_named_configs(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"gptjax/configs/{n}.py" for n in ("demo", "ner", "sst2")} <= names

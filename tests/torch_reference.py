@@ -136,6 +136,9 @@ def load(name: str, cache: Path) -> tuple[Path, dict]:
 
 
 if __name__ == "__main__":
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # a bar a checkpoint saved
     root = Path(sys.argv[1])
     for name in BUILDERS:
         write(name, root / name)
