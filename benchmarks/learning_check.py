@@ -8,7 +8,7 @@ shows that it also *learns* like it. Both sides start from ONE tiny random-init 
 checkpoint (built here with transformers and saved with its tokenizer), read the SAME CoNLL
 files and train with the SAME hyperparameters:
 
-- gptjax through its normal path: configs/demo.py with model.init=pretrained pointing at the
+- gptjax through its normal path: gptjax/configs/demo.py with model.init=pretrained pointing at the
   checkpoint, then gptjax.train.train_and_evaluate (results.json, metrics.jsonl).
 - the reference: the seed project's recipe (GPT2ForTokenClassification, torch AdamW, shuffled
   batches, seqeval) but with correct label alignment: each word's label on its first subword,
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # configs/ and gptjax/ at the top
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # gptjax/ at the top
 
 from gptjax import data, synthetic  # noqa: E402
 from gptjax.config import apply_overrides, load_config  # noqa: E402

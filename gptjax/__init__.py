@@ -1,5 +1,12 @@
 """gptjax: GPT-2 fine-tuning in JAX and Flax NNX."""
 
+import os
+
+# Imported without torch, transformers opens every run with "PyTorch was not found. Models won't be
+# available...": gptjax only uses its tokenizers and runs without torch by design. Its advisory
+# warnings read this at the time they are issued; a user's own setting wins.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
 from gptjax.hf import CheckpointError, from_pretrained, save_pretrained
 from gptjax.model import GPT2, HEADS, SIZES, GPT2Config, abstract_model, count_params, init_model
 from gptjax.peft import add_lora, merge_lora

@@ -552,7 +552,10 @@ def format_table(records: list[dict]) -> str:
 
 def plot(records: list[dict], path) -> None:
     """A bar chart of tokens/s a record, each bar labelled with its MFU."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # an extra: nothing else in gptjax needs it
+        raise ImportError("the chart needs matplotlib: pip install 'gptjax[plot]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -586,7 +589,10 @@ def main(argv=None) -> None:
     if not records:
         sys.exit("error: no records in " + ", ".join(args.records))
     print(format_table(records))
-    plot(records, args.out)
+    try:
+        plot(records, args.out)
+    except ImportError as e:
+        sys.exit(f"error: {e}")
     print(f"chart: {args.out}")
 
 

@@ -1,7 +1,7 @@
 """Configs as code: every run's settings in one ml_collections ConfigDict.
 
-configs/NAME.py holds get_config(), starting from base_config() here; run.py resolves
---config=NAME to that file and applies --config.a.b=value overrides, typed by the field they set.
+gptjax/configs/NAME.py holds get_config(), starting from base_config() here; the command line
+resolves --config=NAME to that file and applies --config.a.b=value overrides, typed by the field they set.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ml_collections import ConfigDict, config_dict
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Inside the package, so a checkout, an editable install and a wheel all find them the same way.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def base_config() -> ConfigDict:
@@ -98,7 +99,7 @@ class ConfigError(ValueError):
 
 
 def load_config(name: str) -> ConfigDict:
-    """configs/NAME.py's get_config(), or a path to such a file."""
+    """gptjax/configs/NAME.py's get_config(), or a path to such a file."""
     path = Path(name)
     if not path.suffix:
         path = CONFIG_DIR / f"{name}.py"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run.py and configs/ live at the top
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run.py lives at the top
 
 from gptjax import synthetic  # noqa: E402
 from gptjax.config import apply_overrides, load_config  # noqa: E402

@@ -1,6 +1,7 @@
 """The benchmark: its FLOP formula by hand, its peak table, the record run.py writes, and compare."""
 
 import json
+import sys
 
 import jax
 import numpy as np
@@ -119,6 +120,15 @@ def test_compare_prints_a_table_and_draws_a_chart(tiny_record, tmp_path, capsys)
     assert "gptjax" in rows[0] and f"{record['tokens_per_sec']:.0f}" in rows[0]
     assert "pytorch-eager" in rows[1] and "NVIDIA H200" in rows[1] and " 12 " in rows[1]
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_without_matplotlib_names_the_extra(tiny_record, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    workdir, _ = tiny_record
+    with pytest.raises(SystemExit, match=r"error: the chart needs matplotlib: pip install 'gptjax\[plot\]'"):
+        benchmark.main(["compare", str(workdir / "benchmark.json"), "--out", str(tmp_path / "chart.png")])
+    assert "gptjax" in capsys.readouterr().out  # the table still printed
+    assert not (tmp_path / "chart.png").exists()
 
 
 def test_load_records_reads_json_and_jsonl(tmp_path):

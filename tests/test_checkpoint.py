@@ -123,6 +123,7 @@ def checkpoint_being_written(workdir):
     return directory.exists() and any("tmp" in p.name for p in directory.iterdir())
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("point", ["mid_epoch", "writing_checkpoint", "after_validation"])
 def test_sigkill_then_resume_is_bit_identical(point, reference, tmp_path):
     proc = start(tmp_path)
@@ -141,6 +142,7 @@ def test_sigkill_then_resume_is_bit_identical(point, reference, tmp_path):
     assert_same_run(tmp_path, reference)
 
 
+@pytest.mark.fast
 def test_sigterm_saves_and_exits_then_resumes(reference, tmp_path):
     proc = start(tmp_path)
     kill_when(proc, lambda: 12 in metric_steps(tmp_path, "train"), signal.SIGTERM)
@@ -194,6 +196,7 @@ def test_nan_stops_the_run_and_is_never_saved(conll_dir, tmp_path, monkeypatch):
         assert np.isfinite(value).all(), key
 
 
+@pytest.mark.fast
 def test_eight_devices_to_one_and_back(tmp_path):
     out = run(tmp_path, "--config.train.max_steps=6", devices=8)
     assert "8 devices" in out

@@ -1,4 +1,8 @@
-"""Hugging Face checkpoints: parity with transformers' PyTorch GPT-2, export, the hub path, errors."""
+"""Hugging Face checkpoints: parity with transformers' PyTorch GPT-2, export, the hub path, errors.
+
+The parity tests (marked fast) compare with references that tests/torch_reference.py computes with
+torch, or reads back where torch is not installed; the other tests need torch themselves.
+"""
 
 import json
 import os
@@ -11,91 +15,58 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 import transformers
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 import gptjax
+import torch_reference
 from gptjax.hf import CheckpointError, to_hf_state_dict
+from torch_reference import HF_CLASSES, padded_batch, save_reference, torch_logits
 
-HF_CLASSES = {
-    "token_classification": transformers.GPT2ForTokenClassification,
-    "sequence_classification": transformers.GPT2ForSequenceClassification,
-    "causal_lm": transformers.GPT2LMHeadModel,
-}
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
 
-def tiny_hf_config(**changes):
-    values = dict(
-        n_layer=2, n_embd=32, n_head=4, vocab_size=101, n_positions=40, num_labels=5,
-        pad_token_id=0, bos_token_id=100, eos_token_id=100, activation_function="gelu_new",
-    )
-    return transformers.GPT2Config(**{**values, **changes})
-
-
-def save_reference(head, directory, seed=0, **changes):
-    torch.manual_seed(seed)
-    model = HF_CLASSES[head](tiny_hf_config(**changes)).eval()
-    model.save_pretrained(directory)
-    return model
-
-
-def padded_batch(seed=0):
-    rng = np.random.RandomState(seed)
-    ids = rng.randint(1, 100, (4, 13)).astype(np.int64)
-    mask = np.ones_like(ids)
-    mask[1, 9:] = 0
-    mask[2, 4:] = 0
-    mask[3, 1:] = 0
-    return ids * mask, mask  # right padding with pad id 0
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("torch_reference")
+    return lambda name: torch_reference.load(name, cache)
 
 
 def real_positions(logits, mask):
     return logits[mask.astype(bool)] if logits.ndim == 3 else logits
 
 
-def torch_logits(model, ids, mask):
-    return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+def jax_inputs(ref):
+    return jnp.asarray(ref["ids"], jnp.int32), jnp.asarray(ref["mask"], jnp.int32)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("head", sorted(HF_CLASSES))
-def test_logits_match_pytorch(head, tmp_path):
-    reference = save_reference(head, tmp_path)
-    model = gptjax.from_pretrained(str(tmp_path), head=head)
-    ids, mask = padded_batch()
-    with torch.no_grad():
-        expected = torch_logits(reference, ids, mask).numpy()
-    got = np.asarray(model(jnp.asarray(ids, jnp.int32), attention_mask=jnp.asarray(mask, jnp.int32)))
+def test_logits_match_pytorch(head, reference):
+    directory, ref = reference(f"logits-{head}")
+    model = gptjax.from_pretrained(str(directory), head=head)
+    got = np.asarray(model(*jax_inputs(ref)))
+    expected, mask = ref["logits"], ref["mask"]
     assert got.shape == expected.shape
     assert np.abs(real_positions(got, mask) - real_positions(expected, mask)).max() <= 1e-4
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("head", sorted(HF_CLASSES))
-def test_gradients_match_pytorch(head, tmp_path):
-    reference = save_reference(head, tmp_path, seed=1)
-    model = gptjax.from_pretrained(str(tmp_path), head=head)
-    ids, mask = padded_batch(seed=1)
-    probe = np.random.RandomState(2).randn(*torch_logits(reference, ids, mask).shape).astype(np.float32)
-    weights = mask[..., None].astype(np.float32) if probe.ndim == 3 else np.ones((len(ids), 1), np.float32)
-
-    loss = (torch_logits(reference, ids, mask) * torch.tensor(probe * weights)).sum()
-    loss.backward()
-    expected = {name.removeprefix("transformer."): p.grad.numpy() for name, p in reference.named_parameters()}
+def test_gradients_match_pytorch(head, reference):
+    directory, ref = reference(f"gradients-{head}")
+    model = gptjax.from_pretrained(str(directory), head=head)
+    ids, mask = jax_inputs(ref)
+    expected = {k.removeprefix("grad:"): v for k, v in ref.items() if k.startswith("grad:")}
 
     def jax_loss(m):
-        logits = m(jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
-        return jnp.sum(logits * probe * weights)
+        return jnp.sum(m(ids, mask) * ref["probe"] * ref["weights"])
 
     grads = nnx.grad(jax_loss)(model)
     graphdef = nnx.graphdef(model)
     got = {k.removeprefix("transformer."): v for k, v in to_hf_state_dict(nnx.merge(graphdef, grads)).items()}
-    expected.pop("lm_head.weight", None)  # tied: its gradient is folded into wte's
-    if head == "causal_lm":
-        lm = reference.lm_head.weight.grad
-        assert lm is None or lm.data_ptr() == reference.transformer.wte.weight.grad.data_ptr()
-    assert sorted(got) == sorted(expected)
+    assert sorted(got) == sorted(expected)  # lm_head.weight is tied: its gradient is folded into wte's
     for name in expected:
         scale = max(1.0, np.abs(expected[name]).max())
         np.testing.assert_allclose(got[name], expected[name], atol=1e-4 * scale, err_msg=name)
@@ -103,11 +74,13 @@ def test_gradients_match_pytorch(head, tmp_path):
 
 @pytest.mark.parametrize("head", sorted(HF_CLASSES))
 def test_export_round_trip(head, tmp_path):
+    import torch
+
     labels = LABELS if head != "causal_lm" else None
     config = gptjax.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=101, n_positions=40, eos_token_id=100, bos_token_id=100)
     model = gptjax.init_model(config, head, labels=labels, seed=3)
     gptjax.save_pretrained(model, tmp_path)
-    loaded, info = HF_CLASSES[head].from_pretrained(tmp_path, output_loading_info=True)
+    loaded, info = getattr(transformers, HF_CLASSES[head]).from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     if labels:
         assert [loaded.config.id2label[i] for i in range(len(labels))] == labels
@@ -145,17 +118,13 @@ def test_stored_head_and_its_labels_are_loaded(tmp_path):
     assert fresh.classifier.kernel.shape == (32, 3)
 
 
-def test_gpt2model_checkpoint_without_prefix(tmp_path):
-    torch.manual_seed(0)
-    base = transformers.GPT2Model(tiny_hf_config()).eval()
-    base.save_pretrained(tmp_path)
-    model = gptjax.from_pretrained(str(tmp_path), head="causal_lm")
-    ids, mask = padded_batch()
-    with torch.no_grad():
-        hidden = base(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
-    expected = hidden.numpy() @ base.wte.weight.detach().numpy().T
-    got = np.asarray(model(jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)))
-    assert np.abs(real_positions(got, mask) - real_positions(expected, mask)).max() <= 1e-4
+@pytest.mark.fast
+def test_gpt2model_checkpoint_without_prefix(reference):
+    directory, ref = reference("gpt2model")
+    model = gptjax.from_pretrained(str(directory), head="causal_lm")
+    got = np.asarray(model(*jax_inputs(ref)))
+    mask = ref["mask"]
+    assert np.abs(real_positions(got, mask) - real_positions(ref["logits"], mask)).max() <= 1e-4
 
 
 def _hub_cache(cache: Path, repo_id: str, source: Path) -> None:

@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 import transformers
 from flax import nnx
 
@@ -21,6 +20,7 @@ def _batch(batch=3, length=10, seed=0):
     return jnp.asarray(ids), jnp.asarray(mask)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     "head,shape",
     [("token_classification", (3, 10, 5)), ("sequence_classification", (3, 5)), ("causal_lm", (3, 10, 97))],
@@ -31,6 +31,7 @@ def test_head_output_shapes(head, shape):
     assert model(ids, attention_mask=mask).shape == shape
 
 
+@pytest.mark.fast
 def test_padding_does_not_change_real_positions():
     model = init_model(TINY, "token_classification", num_labels=4)
     ids, mask = _batch()
@@ -42,6 +43,7 @@ def test_padding_does_not_change_real_positions():
     np.testing.assert_allclose(np.asarray(short[2, :2]), np.asarray(long[2, :2]), atol=1e-5)
 
 
+@pytest.mark.fast
 def test_sequence_head_reads_last_real_token():
     model = init_model(TINY, "sequence_classification", num_labels=3)
     ids, mask = _batch()
@@ -50,6 +52,7 @@ def test_sequence_head_reads_last_real_token():
     np.testing.assert_allclose(np.asarray(full[2]), np.asarray(alone[0]), atol=1e-5)
 
 
+@pytest.mark.fast
 def test_all_padding_row_is_finite():
     model = init_model(TINY, "token_classification", num_labels=3)
     ids, mask = _batch()
@@ -57,6 +60,7 @@ def test_all_padding_row_is_finite():
     assert np.isfinite(np.asarray(model(ids, mask))).all()
 
 
+@pytest.mark.fast
 def test_dropout_only_with_a_key():
     model = init_model(TINY, "token_classification", num_labels=3)
     ids, mask = _batch()
@@ -70,6 +74,7 @@ def test_dropout_only_with_a_key():
     assert not np.allclose(np.asarray(k1), np.asarray(k2))
 
 
+@pytest.mark.fast
 def test_initialisation_follows_hugging_face():
     config = GPT2Config(n_layer=8, n_embd=256, n_head=4, vocab_size=500, n_positions=64)
     model = init_model(config, "token_classification", num_labels=3)
@@ -84,6 +89,7 @@ def test_initialisation_follows_hugging_face():
     assert not np.allclose(np.asarray(h.attn.c_attn.kernel[0]), np.asarray(h.attn.c_attn.kernel[1]))
 
 
+@pytest.mark.fast
 def test_bfloat16_compute_keeps_float32_parameters():
     model = init_model(TINY, "token_classification", num_labels=3, dtype="bfloat16")
     params = nnx.state(model, nnx.Param)
@@ -93,6 +99,7 @@ def test_bfloat16_compute_keeps_float32_parameters():
     np.testing.assert_allclose(np.asarray(model(ids, mask)), np.asarray(f32(ids, mask)), atol=0.05)
 
 
+@pytest.mark.fast
 def test_remat_gives_the_same_gradients():
     ids, mask = _batch()
 
@@ -106,6 +113,8 @@ def test_remat_gives_the_same_gradients():
 
 @pytest.mark.parametrize("size", sorted(SIZES))
 def test_parameter_counts_match_transformers(size):
+    import torch
+
     ours = abstract_model(size)  # ShapeDtypeStructs only: no weights allocated
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(ours, nnx.Param)))
     hf_config = transformers.GPT2Config(**SIZES[size])

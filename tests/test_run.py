@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import transformers
 
 import run
@@ -42,6 +41,8 @@ def check_outputs(workdir, task):
 
 def check_export_predicts_like_gptjax(workdir, task, sentences):
     """transformers loads the export and predicts, word by word, what gptjax's evaluation did."""
+    import torch
+
     export = Path(workdir) / "export"
     cls = transformers.GPT2ForTokenClassification if task == "token" else transformers.GPT2ForSequenceClassification
     model, info = cls.from_pretrained(export, output_loading_info=True)
@@ -124,6 +125,8 @@ def test_same_seed_same_metrics(conll_dir, tmp_path):
 
 
 def test_eval_and_export_modes(conll_dir, tmp_path):
+    import torch
+
     args = ["--config=demo", f"--workdir={tmp_path}", f"--config.data.source={conll_dir}",
             "--config.model.arch.n_layer=1", "--config.model.arch.n_embd=32", "--config.train.num_epochs=1",
             "--config.tokenizer.vocab_size=300"]
