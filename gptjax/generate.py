@@ -117,16 +117,25 @@ def _filter_top_k_top_p(x, top_k, top_p):
     return jnp.where(x >= threshold, x, -jnp.inf)
 
 
+def _argmax(logits):
+    """jnp.argmax over the last axis (the first of equal maxima), as a max and a min: XLA:CPU runs
+    argmax's paired reduction about 8x slower (3.5 ms against 0.4 for 16 x 50257 logits)."""
+    v = logits.shape[-1]
+    first = jnp.min(jnp.where(logits == jnp.max(logits, axis=-1, keepdims=True), jnp.arange(v), v), axis=-1)
+    return jnp.minimum(first, v - 1).astype(jnp.int32)  # all-NaN logits give no maximum: the last token
+
+
 def _pick(logits, keys, temperature, top_k, top_p):
     """The next token of each row [B]: argmax where temperature is 0, else a draw. The sampling
     work (and the sort of the filters) runs only when some row needs it."""
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    greedy = _argmax(logits)
 
     def sample():
         x = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
         filtered = jnp.any((top_k > 0) | (top_p < 1.0))
         x = jax.lax.cond(filtered, lambda: _filter_top_k_top_p(x, top_k, top_p), lambda: x)
-        drawn = jax.vmap(jax.random.categorical)(keys, x).astype(jnp.int32)
+        # A categorical draw as jax.random.categorical makes it (Gumbel-max), through the faster argmax.
+        drawn = _argmax(x + jax.vmap(lambda k: jax.random.gumbel(k, x.shape[-1:]))(keys))
         return jnp.where(temperature > 0, drawn, greedy)
 
     return jax.lax.cond(jnp.any(temperature > 0), sample, lambda: greedy)
