@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -328,7 +329,7 @@ class Generator:
 
     def bucket_shapes(self, num_prompts: int, prompt_length: int, max_new_tokens: int) -> tuple[int, int, int]:
         """(batch, prompt length, new tokens) of the program a batch of these sizes runs."""
-        devices = sharding._axis_size(self.mesh, sharding.BATCH)
+        devices = math.prod(self.mesh.shape[axis] for axis in sharding.BATCH)
         return (bucket(num_prompts, self.buckets.batch, devices), bucket(prompt_length, self.buckets.prompt),
                 bucket(max(max_new_tokens, 1), self.buckets.new_tokens))
 
@@ -343,7 +344,10 @@ class Generator:
         filler = b - len(prompts)
         full = {k: np.concatenate([v, np.zeros(filler, v.dtype)]) for k, v in rows.items()}
         full["top_p"][len(prompts):] = 1.0
-        batch = sharding.put_batch({"ids": ids, "mask": mask, **full}, self.mesh)
+        # Every process holds the whole batch (the same prompts): each places the rows of its devices.
+        rows_sharding = sharding.batch_sharding(self.mesh)
+        batch = {k: jax.make_array_from_callback(v.shape, rows_sharding, lambda index, v=v: v[index])
+                 for k, v in {"ids": ids, "mask": mask, **full}.items()}
         row_args = {k: batch[k] for k in rows}
         with jax.set_mesh(self.mesh):
             out = self._decode(self.params, batch["ids"], batch["mask"], row_args, shared, new_tokens=n)
@@ -393,15 +397,16 @@ def _cut_at_stop(result: Completion, stops, decode) -> None:
     found = [i for i in (result.completion.find(s) for s in stops) if i >= 0]
     if not found:
         return
-    cut = min(found)
-    result.completion = result.completion[:cut]
+    result.completion = result.completion[: min(found)]
     result.finish_reason = "stop"
     ids = result.completion_ids
-    for k in range(1, len(ids) + 1):  # the first prefix whose text reaches past a stop string
-        text = decode(ids[:k])
-        if any(text.find(s) == cut for s in stops):
-            result.completion_ids = ids[:k]
-            return
+    # The shortest prefix whose text holds a stop string (a bisection: prefixes only grow).
+    has_stop = lambda k: any(s in decode(ids[:k]) for s in stops)  # noqa: E731
+    lo, hi = 1, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if has_stop(mid) else (mid + 1, hi)
+    result.completion_ids = ids[:lo]
 
 
 def generate(model: GPT2, tokenizer, prompts: Sequence[str], *, mesh=None, batch_size: int = 16,

@@ -202,18 +202,9 @@ def _fused_attention(q, k, v, mask, lengths, implementation):
 
 
 def _cache_attention(q, k, v, mask):  # q: [B, H, S, Dh], k, v: [B, H, T, Dh], mask: [B, 1, S, T]
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    f32 = jnp.float32
-    if q.shape[2] == 1:
-        # One new token (a decode step): a multiply and a sum rather than a dot, because XLA fuses
-        # those with reading this layer's slice of the cache, where a dot would copy the slice first.
-        scores = jnp.sum(q.astype(f32) * k.astype(f32), axis=-1)[:, :, None, :]  # [B, H, 1, T]
-    else:
-        scores = jnp.einsum("bhsd,bhtd->bhst", q, k, preferred_element_type=f32)
-    probs = jax.nn.softmax(jnp.where(mask, scores * scale, jnp.finfo(f32).min), axis=-1)
-    if q.shape[2] == 1:
-        return jnp.sum(probs[:, :, 0, :, None] * v.astype(f32), axis=2)[:, :, None, :]
-    return jnp.einsum("bhst,bhtd->bhsd", probs.astype(v.dtype), v, preferred_element_type=f32)
+    scores = jnp.einsum("bhsd,bhtd->bhst", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
+    probs = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(jnp.float32).min), axis=-1)
+    return jnp.einsum("bhst,bhtd->bhsd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
 
 
 def _attention_with_dropout(q, k, v, mask, rate, key):
