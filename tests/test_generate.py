@@ -244,23 +244,26 @@ from gptjax.model import GPT2Config, init_model
 model = init_model(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=101, n_positions=64, initializer_range=0.5))
 prompts = [[i + 1] * (1 + 2 * i) for i in range(11)]
 out = {}
-for name, devices in (("one", jax.devices()[:1]), ("eight", jax.devices())):
-    gen = Generator(model, mesh=sharding.make_mesh(devices=devices), batch_size=8)
+layouts = {"one": (None, jax.devices()[:1]), "eight": (None, jax.devices()),
+           "data2_fsdp2_tensor2": (dict(data=2, fsdp=2, tensor=2), jax.devices())}
+for name, (sizes, devices) in layouts.items():
+    gen = Generator(model, mesh=sharding.make_mesh(sizes, devices), batch_size=8)
     out[name] = [[r.completion_ids for r in gen.generate_ids(prompts, max_new_tokens=10, eos_token_id=None, **s)]
                  for s in ({}, dict(temperature=1.0, top_k=20, seed=list(range(11))))]
-    out[name + "_rows_per_device"] = gen.bucket_shapes(3, 5, 10)[0]
+    out[name + "_batch_bucket"] = gen.bucket_shapes(3, 5, 10)[0]
 print(json.dumps(out))
 """
 
 
-def test_identical_tokens_on_an_eight_device_mesh():
+def test_identical_tokens_on_eight_device_meshes():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     run = subprocess.run([sys.executable, "-c", MESH_SCRIPT, str(ROOT)], env=env, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.strip().splitlines()[-1])
-    assert out["one"] == out["eight"]
-    assert out["eight_rows_per_device"] == 8  # the batch bucket is a multiple of the data axis
+    assert out["one"] == out["eight"] == out["data2_fsdp2_tensor2"]
+    assert out["eight_batch_bucket"] == 8  # the batch bucket is a multiple of the data axis
+    assert out["data2_fsdp2_tensor2_batch_bucket"] == 4  # of data x fsdp
 
 
 def test_errors(model):
