@@ -34,6 +34,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls of each kind per framework")
     parser.add_argument("--mixed_requests", type=int, default=5, help="calls of random sizes counted for recompiles")
     parser.add_argument("--no-torch", action="store_true", help="leave out transformers' PyTorch generate")
+    parser.add_argument("--torch_threads", type=int, help="torch.set_num_threads (default: torch's own, the cores)")
     parser.add_argument("--results", help="a JSONL file to append the records to")
     args = parser.parse_args(argv)
 
@@ -41,7 +42,7 @@ def main(argv=None) -> None:
     records = generate_benchmark.run(
         config, model_name=args.model, batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
         prompt_length=args.prompt_length, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-        with_torch=not args.no_torch, mixed_requests=args.mixed_requests)
+        with_torch=not args.no_torch, torch_threads=args.torch_threads, mixed_requests=args.mixed_requests)
     for record in records:
         benchmark.finish(record, results=args.results)
         print(json.dumps(record, sort_keys=True))

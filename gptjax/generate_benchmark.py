@@ -103,11 +103,16 @@ class TorchDecoding:
 
     framework = "pytorch-eager"
 
-    def __init__(self, model_config, batch: int, prompt_length: int, new_tokens: int, *, seed: int = 0):
+    def __init__(self, model_config, batch: int, prompt_length: int, new_tokens: int, *, seed: int = 0,
+                 threads: int | None = None):
         import torch
         import transformers
 
         self.torch = torch
+        if threads:
+            # One thread keeps PyTorch sane on a machine others are using: its OpenMP team of
+            # several threads stalls whenever one of them is descheduled (5x slower, measured).
+            torch.set_num_threads(threads)
         torch.manual_seed(seed)
         hf = transformers.GPT2Config(**model_config.to_hf_dict())
         self.model = transformers.GPT2LMHeadModel(hf).eval()
@@ -191,16 +196,16 @@ def make_record(runner, timing: dict, *, model_name: str, dtype: str, batch: int
 
 
 def run(model_config, *, model_name: str = "gpt2", batch_sizes=(1, 16), prompt_length: int = 128,
-        max_new_tokens: int = 128, repeats: int = 3, with_torch: bool = True, mesh=None, mixed_requests: int = 5,
-        seed: int = 0) -> list[dict]:
+        max_new_tokens: int = 128, repeats: int = 3, with_torch: bool = True, torch_threads: int | None = None,
+        mesh=None, mixed_requests: int = 5, seed: int = 0, bandwidth_bytes: int = 256 * 2**20) -> list[dict]:
     """Records of gptjax (and PyTorch, with_torch) decoding at each batch size; see the module docstring."""
-    bandwidth = copy_bandwidth()
+    bandwidth = copy_bandwidth(bandwidth_bytes)
     records = []
     for batch in batch_sizes:
         shapes = (model_config, batch, prompt_length, max_new_tokens)
         runners = [GptjaxDecoding(*shapes, seed=seed, mesh=mesh)]
         if with_torch:
-            runners.append(TorchDecoding(*shapes, seed=seed))
+            runners.append(TorchDecoding(*shapes, seed=seed, threads=torch_threads))
         timing = time_decoding(runners, max_new_tokens, repeats)
         runners[0].mixed(mixed_requests, max_new_tokens)
         recompiles = compilations() - timing["gptjax"]["programs_after_first_call"]

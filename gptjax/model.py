@@ -395,8 +395,9 @@ class Decoder(nnx.Module):
     modules, one per layer (copies of the stacked parameters' slices), run one after the other. A
     decode step reads every weight once; out of stacked arrays, XLA:CPU copies each layer's
     weights before its matmuls, which more than doubled the time of a gpt2 decode step (measured:
-    35 ms against 15 at batch 1 for the blocks' matmuls alone). Unrolling costs nothing in compile
-    time here: there is no backward pass.
+    35 ms against 15 at batch 1 for the blocks' matmuls alone). Unrolling adds little compile time
+    here (a few seconds for gpt2): there is no backward pass. The copies cost the blocks' memory
+    once more while the model is kept beside its Decoder.
     """
 
     def __init__(self, model: GPT2):

@@ -292,3 +292,18 @@ def test_one_call_api(text_model, tokenizer):
     assert all(len(r.completion_ids) == 5 and r.finish_reason == "length" for r in out)
     assert [r.completion_ids for r in out] == [r.completion_ids for r in gptjax.generate_ids(
         model, [tokenizer(p)["input_ids"] for p in ["the cat", "a dog"]], max_new_tokens=5, eos_token_id=None)]
+
+
+def test_benchmark_records():
+    from gptjax import benchmark, generate_benchmark
+
+    records = generate_benchmark.run(TINY, model_name="tiny", batch_sizes=(1, 2), prompt_length=8, max_new_tokens=4,
+                                     repeats=1, mixed_requests=2, bandwidth_bytes=2**20)
+    assert [(r["framework"], r["batch_size"]) for r in records] == [
+        ("gptjax", 1), ("pytorch-eager", 1), ("gptjax", 2), ("pytorch-eager", 2)]
+    for r in records:
+        assert r["tokens_per_sec"] > 0 and r["decode_tokens_per_sec"] > 0 and r["time_to_first_token_ms"] > 0
+        assert r["seq_len"] == 12 and r["benchmark"] == "generate"
+    assert records[0]["recompiles"] == 0 and records[2]["recompiles"] == 0
+    assert 0 < records[0]["memory_bandwidth_fraction"] and "memory_bandwidth_fraction" not in records[2]
+    assert "gptjax" in benchmark.format_table(records)  # what `compare` prints
