@@ -9,9 +9,9 @@ token goes to the same cache column (one dynamic_update_slice for the batch) and
 position is the same for all rows. GPT-2's positions are absolute, so each row's positions are its
 own count of real tokens, as transformers derives them from the attention mask. One jitted function
 runs the prefill (every prompt token at once; the vocabulary projection for the last position
-only), then a lax.while_loop of decode steps over a preallocated cache [n_layer, B, H, P + N, Dh]
-that ends as soon as every row has finished (EOS, a stop string, or its token budget). Nothing
-comes back to the host until the loop ends.
+only), then a lax.while_loop of decode steps over a preallocated cache, per layer k and v of
+[B, H, P + N, Dh] updated in place (model.Decoder), that ends as soon as every row has finished
+(EOS, a stop string, or its token budget). Nothing comes back to the host until the loop ends.
 
 Buckets. The program's shapes are (batch, P, N), each rounded up to a bucket (powers of two by
 default). Everything else is an argument: each row's token budget, temperature, top-k, top-p and
