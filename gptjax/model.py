@@ -154,11 +154,16 @@ class Attention(nnx.Module):
         self.attn_dropout_rate = config.attn_pdrop
         self.resid_dropout = nnx.Dropout(config.resid_pdrop)
 
+    def _qkv(self, x, key):  # [B, T, D] -> q, k, v, each [B, T, H, Dh]
+        b, t, _ = x.shape
+        cfg = self.config
+        q, k, v = jnp.split(_project(self.c_attn, x, key, 1), 3, axis=-1)
+        return tuple(a.reshape(b, t, cfg.n_head, cfg.head_dim) for a in (q, k, v))
+
     def __call__(self, x, mask, lengths, keys):  # x: [B, T, D], mask: [B, 1, T, T], lengths: [B]
         b, t, _ = x.shape
         cfg = self.config
-        q, k, v = jnp.split(_project(self.c_attn, x, _key(keys, 0), 1), 3, axis=-1)
-        q, k, v = (a.reshape(b, t, cfg.n_head, cfg.head_dim) for a in (q, k, v))  # [B, T, H, Dh]
+        q, k, v = self._qkv(x, _key(keys, 0))
         if keys is not None and self.attn_dropout_rate > 0:
             # dot_product_attention has no dropout on the probabilities; write it out instead.
             y = _attention_with_dropout(q, k, v, mask, self.attn_dropout_rate, keys[0])
@@ -166,6 +171,21 @@ class Attention(nnx.Module):
             y = _fused_attention(q, k, v, mask, lengths, cfg.attention)
         y = _project(self.c_proj, y.reshape(b, t, cfg.n_embd), _key(keys, 1), 1)
         return self.resid_dropout(y, deterministic=keys is None, rngs=_key(keys, 1))
+
+    def cached(self, x, cache, index, mask):
+        """Attention of new tokens over this layer's KV cache, for decoding (see Decoder).
+
+        x: [B, S, D] the new tokens; cache: (k, v), each [B, H, T, Dh]; their keys and values are
+        written at columns index .. index + S - 1 (in place: the cache is carried through the
+        decode loop). mask: [B, 1, S, T], the columns each new token sees.
+        """
+        b, s, _ = x.shape
+        q, k, v = (a.transpose(0, 2, 1, 3) for a in self._qkv(x, None))  # [B, H, S, Dh]
+        k_cache, v_cache = (jax.lax.dynamic_update_slice(c, a.astype(c.dtype), (0, 0, index, 0))
+                            for c, a in zip(cache, (k, v)))
+        y = _cache_attention(q, k_cache, v_cache, mask).astype(x.dtype)  # [B, H, S, Dh]
+        y = _project(self.c_proj, y.transpose(0, 2, 1, 3).reshape(b, s, self.config.n_embd), None, 1)
+        return y, (k_cache, v_cache)
 
 
 def _fused_attention(q, k, v, mask, lengths, implementation):
@@ -179,6 +199,12 @@ def _fused_attention(q, k, v, mask, lengths, implementation):
         except Exception:  # noqa: BLE001 - cuDNN refuses some shapes, dtypes and backends (CPU, TPU)
             pass
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+
+
+def _cache_attention(q, k, v, mask):  # q: [B, H, S, Dh], k, v: [B, H, T, Dh], mask: [B, 1, S, T]
+    scores = jnp.einsum("bhsd,bhtd->bhst", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
+    probs = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(jnp.float32).min), axis=-1)
+    return jnp.einsum("bhst,bhtd->bhsd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
 
 
 def _attention_with_dropout(q, k, v, mask, rate, key):
@@ -238,6 +264,12 @@ class Block(nnx.Module):
         dtype = x.dtype
         x = x + self.attn(self.ln_1(x).astype(dtype), mask, lengths, None if keys is None else keys[:2])
         return x + self.mlp(self.ln_2(x).astype(dtype), _key(keys, 2))
+
+    def cached(self, x, cache, index, mask):  # decoding, no dropout; see Decoder
+        dtype = x.dtype
+        y, cache = self.attn.cached(self.ln_1(x).astype(dtype), cache, index, mask)
+        x = x + y
+        return x + self.mlp(self.ln_2(x).astype(dtype), None), cache
 
 
 class Transformer(nnx.Module):
@@ -354,6 +386,62 @@ class GPT2(nnx.Module):
             pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]  # [B, D]
             return self.score(pooled)  # [B, num_labels]
         return self.transformer.wte.attend(x)  # [B, T, vocab], tied to the token embedding
+
+
+class Decoder(nnx.Module):
+    """A causal_lm GPT2 arranged for decoding with a KV cache (gptjax/decoding.py).
+
+    It shares the model's embeddings and final LayerNorm, and holds the blocks as separate
+    modules, one per layer (copies of the stacked parameters' slices), run one after the other. A
+    decode step reads every weight once; out of stacked arrays, XLA:CPU copies each layer's
+    weights before its matmuls, which more than doubled the time of a gpt2 decode step (measured:
+    35 ms against 15 at batch 1 for the blocks' matmuls alone). Unrolling adds little compile time
+    here (a few seconds for gpt2): there is no backward pass. The copies cost the blocks' memory
+    once more while the model is kept beside its Decoder.
+    """
+
+    def __init__(self, model: GPT2):
+        if model.head != "causal_lm":
+            raise ValueError(f"decoding needs the causal_lm head; this model's head is {model.head!r}")
+        t = model.transformer
+        self.config = model.config
+        self.wte, self.wpe, self.ln_f = t.wte, t.wpe, t.ln_f
+        graphdef, stacked = nnx.split(t.h)
+        self.blocks = nnx.List([nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], stacked))
+                                for i in range(self.config.n_layer)])
+
+    def init_cache(self, batch: int, length: int) -> list:
+        """An empty KV cache of `length` columns: per layer (k, v), each [B, H, T, Dh] in the
+        compute dtype. Heads before positions: a decode step reads, per row and head, T
+        contiguous key vectors. A buffer per layer: each updates in place, with no slicing."""
+        cfg = self.config
+        shape = (batch, cfg.n_head, length, cfg.head_dim)
+        return [(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype)) for _ in range(cfg.n_layer)]
+
+    def __call__(self, input_ids, positions, cache, index, key_mask):
+        """The next-token logits [B, vocab] (float32) after the last new token, and the updated cache.
+
+        input_ids, positions: [B, S], the new tokens and their positions. GPT-2's positions are
+        absolute, so a row's position is its own count of earlier real tokens (a left-padded row
+        starts at 0 after its padding), as transformers derives them from the attention mask.
+        cache: init_cache's; the new tokens' keys and values go to columns index .. index + S - 1.
+        key_mask: [B, T], the columns that hold (or will hold) real tokens; a new token sees those
+        up to its own column. Only the last position goes through the vocabulary projection, the
+        largest matmul of a prefill.
+        """
+        cfg = self.config
+        s, t = input_ids.shape[1], cache[0][0].shape[2]
+        x = (self.wte(input_ids) + self.wpe(positions)).astype(jnp.dtype(cfg.dtype))
+        x = constrain(x, "batch", None, None)
+        causal = jnp.arange(t)[None, :] <= index + jnp.arange(s)[:, None]  # [S, T]
+        mask = causal[None, None] & key_mask.astype(bool)[:, None, None, :]  # [B, 1, S, T]
+        new_cache = []
+        for block, layer_cache in zip(self.blocks, cache):
+            x, layer_cache = block.cached(x, layer_cache, index, mask)
+            x = constrain(x, "batch", None, None)
+            new_cache.append(layer_cache)
+        x = self.ln_f(x[:, -1])
+        return self.wte.attend(x).astype(jnp.float32), new_cache
 
 
 def make_head(config: GPT2Config, head: str, num_labels: int, rngs: nnx.Rngs) -> nnx.Linear:

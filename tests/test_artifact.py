@@ -47,6 +47,7 @@ def trained_run(small_ner, tmp_path_factory):
     return workdir, data
 
 
+@pytest.mark.fast
 def test_workdir_is_used_without_data_config_or_writes(trained_run, small_ner, tmp_path):
     workdir, data = trained_run
     shutil.rmtree(data)  # the training data is gone

@@ -1,0 +1,219 @@
+"""Decoding throughput: gptjax's Generator beside transformers' PyTorch generate, on the same shapes
+and random weights of one size (weights do not change the speed; nothing is downloaded).
+
+    python benchmarks/generate.py --model=gpt2 --batch_sizes=1,16 --prompt_length=128 --max_new_tokens=128
+
+Both decode greedily, with EOS off (PyTorch: min_new_tokens), so every call makes exactly
+max_new_tokens tokens a row. A call is timed whole, as a user sees it: prefill, decode loop and
+the tokens back on the host. The same call with one new token times the prefill (time to first
+token); the difference is the decode loop. gptjax compiles one program for the benchmark's bucket,
+which serves both calls. The frameworks take turns call by call, so that a busy machine slows each
+alike. run() returns one record (a dict) a framework and batch size, in the form
+gptjax.benchmark's records take, so `python -m gptjax.benchmark compare` lists them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gptjax import benchmark
+from gptjax.decoding import Buckets, Generator, compilations
+from gptjax.model import count_params, init_model
+
+RECORD_FIELDS = {
+    "benchmark": "generate",
+    "batch_size": "prompts a call",
+    "prompt_length": "tokens a prompt (all real)",
+    "max_new_tokens": "tokens generated a row (EOS off)",
+    "seq_len": "prompt_length + max_new_tokens",
+    "tokens_per_sec": "batch_size * max_new_tokens / whole-call time, prefill included (median call)",
+    "decode_tokens_per_sec": "batch_size * (max_new_tokens - 1) / (whole call - first-token call)",
+    "prefill_tokens_per_sec": "batch_size * prompt_length / first-token call",
+    "time_to_first_token_ms": "median time of a call with max_new_tokens=1",
+    "decode_step_ms": "(whole call - first-token call) / (max_new_tokens - 1)",
+    "step_time_ms": "median whole-call time (the column compare shows)",
+    "call_time_ms_spread": "min, 25th percentile, 75th percentile and max of the whole calls",
+    "compile_time_s": "gptjax: tracing + compiling its program; PyTorch: its first call's wall time",
+    "recompiles": "gptjax programs built after the first call, over the timed calls and mixed_requests more "
+                  "calls of random sizes inside the bucket (0: no recompiles)",
+    "weight_bytes": "parameter bytes a decode step reads (all but the position table)",
+    "copy_bandwidth_bytes_per_sec": "memory bandwidth of a large in-place jax update, read + write, this run",
+    "memory_bandwidth_fraction": "gptjax at batch 1: weight_bytes / decode_step_ms over copy_bandwidth",
+}
+
+
+def random_prompts(batch: int, length: int, vocab_size: int, seed: int = 0) -> list[list[int]]:
+    return np.random.default_rng(seed).integers(0, vocab_size, (batch, length)).tolist()
+
+
+def copy_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
+    """Bytes per second read and written by x + 1 over a large float32 array updated in place (its
+    buffer donated, so no fresh memory is touched): the machine's practical memory bandwidth."""
+    step = jax.jit(lambda x: x + 1.0, donate_argnums=0)
+    x = step(jnp.zeros(nbytes // 4, jnp.float32)).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x = step(x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * nbytes / best
+
+
+class GptjaxDecoding:
+    """Generator over random weights, its buckets exactly the benchmark's shapes: one program."""
+
+    framework = "gptjax"
+
+    def __init__(self, model_config, batch: int, prompt_length: int, new_tokens: int, *, seed: int = 0, mesh=None):
+        model = init_model(model_config, seed=seed)
+        self.num_params = count_params(model)
+        buckets = Buckets(batch=(batch,), prompt=(prompt_length,), new_tokens=(new_tokens,))
+        self.gen = Generator(model, mesh=mesh, batch_size=batch, buckets=buckets)
+        del model
+        self.batch, self.prompt_length, self.vocab = batch, prompt_length, model_config.vocab_size
+        self.prompts = random_prompts(batch, prompt_length, model_config.vocab_size, seed)
+        self.weight_bytes = sum(x.nbytes for path, x in jax.tree_util.tree_leaves_with_path(self.gen.params)
+                                if "wpe" not in jax.tree_util.keystr(path))
+
+    def __call__(self, new_tokens: int):
+        return self.gen.generate_ids(self.prompts, max_new_tokens=new_tokens, eos_token_id=None)
+
+    def mixed(self, count: int, new_tokens: int, seed: int = 1) -> None:
+        """`count` calls of random batch sizes, prompt lengths and budgets inside the bucket."""
+        rng = np.random.default_rng(seed)
+        for _ in range(count):
+            rows = int(rng.integers(1, self.batch + 1))
+            prompts = [rng.integers(0, self.vocab, int(rng.integers(1, self.prompt_length + 1))).tolist()
+                       for _ in range(rows)]
+            self.gen.generate_ids(prompts, max_new_tokens=int(rng.integers(1, min(new_tokens, 4) + 1)))
+
+    def environment(self) -> dict:
+        return benchmark.environment(self.gen.mesh)
+
+
+class TorchDecoding:
+    """transformers' GPT2LMHeadModel.generate on the same shapes, greedy, EOS off."""
+
+    framework = "pytorch-eager"
+
+    def __init__(self, model_config, batch: int, prompt_length: int, new_tokens: int, *, seed: int = 0,
+                 threads: int | None = None):
+        import torch
+        import transformers
+
+        self.torch = torch
+        if threads:
+            # One thread keeps PyTorch sane on a machine others are using: its OpenMP team of
+            # several threads stalls whenever one of them is descheduled (5x slower, measured).
+            torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        hf = transformers.GPT2Config(**model_config.to_hf_dict())
+        self.model = transformers.GPT2LMHeadModel(hf).eval()
+        if model_config.dtype != "float32":
+            self.model = self.model.to(getattr(torch, model_config.dtype))
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+        self.eos = hf.eos_token_id
+        self.ids = torch.tensor(random_prompts(batch, prompt_length, model_config.vocab_size, seed))
+        self.mask = torch.ones_like(self.ids)
+
+    def __call__(self, new_tokens: int):
+        with self.torch.inference_mode():
+            return self.model.generate(input_ids=self.ids, attention_mask=self.mask, max_new_tokens=new_tokens,
+                                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=self.eos)
+
+    def environment(self) -> dict:
+        import transformers
+
+        return {
+            "device_kind": "cpu", "num_devices": 1, "platform": "cpu", "mesh": {}, "host_cpu": benchmark.host_cpu(),
+            "versions": {"torch": self.torch.__version__, "transformers": transformers.__version__,
+                         "python": platform.python_version(), "torch_threads": self.torch.get_num_threads()},
+            "xla_flags": "", "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+            "load_average": round(os.getloadavg()[0], 2),
+        }
+
+
+def _timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)  # both return host values: the call is over when they do
+    return time.perf_counter() - start
+
+
+def time_decoding(runners: list, new_tokens: int, repeats: int) -> dict[str, dict]:
+    """Per runner: the first call (compile), then `repeats` whole calls and first-token calls,
+    the runners taking turns."""
+    counter = benchmark.CompileCounter.get()
+    out = {r.framework: {"full": [], "first_token": []} for r in runners}
+    for r in runners:
+        seconds, programs = counter.seconds, compilations()
+        first = _timed(r, new_tokens)
+        compiled = counter.seconds - seconds
+        out[r.framework]["compile_time_s"] = compiled if compilations() > programs else first
+        out[r.framework]["programs_after_first_call"] = compilations()
+        _timed(r, 1)  # warm: the first-token call (gptjax: the same program)
+    for _ in range(repeats):
+        for r in runners:
+            out[r.framework]["full"].append(_timed(r, new_tokens))
+            out[r.framework]["first_token"].append(_timed(r, 1))
+    return out
+
+
+def make_record(runner, timing: dict, *, model_name: str, dtype: str, batch: int, prompt_length: int,
+                new_tokens: int, bandwidth: float | None, recompiles: int | None) -> dict:
+    full, first = statistics.median(timing["full"]), statistics.median(timing["first_token"])
+    decode = max(full - first, 1e-9)
+    record = {
+        "framework": runner.framework, "benchmark": "generate", "config": "generate",
+        "model": f"{model_name} (random weights)", "head": "causal_lm", "num_params": int(runner.num_params),
+        "dtype": dtype, "batch_size": batch, "prompt_length": prompt_length, "max_new_tokens": new_tokens,
+        "seq_len": prompt_length + new_tokens, "greedy": True,
+        "tokens_per_sec": round(batch * new_tokens / full, 2),
+        "decode_tokens_per_sec": round(batch * (new_tokens - 1) / decode, 2) if new_tokens > 1 else None,
+        "prefill_tokens_per_sec": round(batch * prompt_length / first, 2),
+        "time_to_first_token_ms": round(first * 1e3, 2),
+        "decode_step_ms": round(decode / (new_tokens - 1) * 1e3, 3) if new_tokens > 1 else None,
+        "step_time_ms": round(full * 1e3, 2),
+        "call_time_ms_spread": benchmark.spread(timing["full"]),
+        "calls_timed": len(timing["full"]),
+        "compile_time_s": round(timing["compile_time_s"], 3),
+        "recompiles": recompiles,
+        "compilations_after_warmup": recompiles,
+    }
+    record.update(runner.environment())
+    if bandwidth and isinstance(runner, GptjaxDecoding) and batch == 1 and new_tokens > 1:
+        per_token = decode / (new_tokens - 1)
+        record.update(weight_bytes=int(runner.weight_bytes), copy_bandwidth_bytes_per_sec=round(bandwidth),
+                      memory_bandwidth_fraction=round(runner.weight_bytes / per_token / bandwidth, 3))
+    record["host_max_rss_bytes"] = benchmark.host_max_rss_bytes()
+    return record
+
+
+def run(model_config, *, model_name: str = "gpt2", batch_sizes=(1, 16), prompt_length: int = 128,
+        max_new_tokens: int = 128, repeats: int = 3, with_torch: bool = True, torch_threads: int | None = None,
+        mesh=None, mixed_requests: int = 5, seed: int = 0, bandwidth_bytes: int = 256 * 2**20) -> list[dict]:
+    """Records of gptjax (and PyTorch, with_torch) decoding at each batch size; see the module docstring."""
+    bandwidth = copy_bandwidth(bandwidth_bytes)
+    records = []
+    for batch in batch_sizes:
+        shapes = (model_config, batch, prompt_length, max_new_tokens)
+        runners = [GptjaxDecoding(*shapes, seed=seed, mesh=mesh)]
+        if with_torch:
+            runners.append(TorchDecoding(*shapes, seed=seed, threads=torch_threads))
+        timing = time_decoding(runners, max_new_tokens, repeats)
+        runners[0].mixed(mixed_requests, max_new_tokens)
+        recompiles = compilations() - timing["gptjax"]["programs_after_first_call"]
+        for runner in runners:
+            records.append(make_record(
+                runner, timing[runner.framework], model_name=model_name, dtype=model_config.dtype, batch=batch,
+                prompt_length=prompt_length, new_tokens=max_new_tokens, bandwidth=bandwidth,
+                recompiles=recompiles if runner.framework == "gptjax" else None))
+            records[-1]["interleaved_with"] = [r.framework for r in runners if r is not runner]
+        del runners
+    return records
