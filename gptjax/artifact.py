@@ -28,7 +28,7 @@ from ml_collections import ConfigDict
 from gptjax import peft, sharding, steps as steps_lib, tasks, workdir as wd
 from gptjax.checkpoint import Checkpoints, config_json
 from gptjax.config import ConfigError, base_config
-from gptjax.hf import CONFIG, CheckpointError, from_pretrained
+from gptjax.hf import CONFIG, CheckpointError, from_pretrained, resolve_checkpoint
 from gptjax.model import GPT2Config, init_model
 
 log = logging.getLogger("gptjax")
@@ -43,7 +43,8 @@ FORMAT = 1
 # Keys that say how to run a trained model, not what it is: a reading mode may change them.
 USE_TIME_KEYS = (
     "model.dtype", "model.attention", "data.max_length", "data.buckets", "train.eval_batch_size",
-    "mesh.data", "mesh.fsdp", "mesh.tensor",
+    "mesh.data", "mesh.fsdp", "mesh.tensor", "generate.max_new_tokens", "generate.temperature", "generate.top_k",
+    "generate.top_p", "generate.seed", "generate.stop", "generate.batch_size", "generate.prompt_length",
 )
 
 
@@ -134,6 +135,7 @@ class Trained:
     tokenizer: Any
     steps: steps_lib.Steps
     source: str  # where it came from, for messages
+    tokenizer_dir: str = ""  # where the tokenizer's files are (generation loads it without a prefix space)
 
     @property
     def model(self):
@@ -192,6 +194,9 @@ def load(source, which: str = "best", overrides: dict[str, str] | None = None, *
     """A trained workdir (its best model, or its latest checkpoint) or an export directory."""
     directory = wd.path(source, "--workdir")
     if not directory.exists():
+        if wd.is_local(directory) and not str(source).startswith((".", "/", "~")) and str(source).count("/") <= 1:
+            # A hub id (gpt2, openai-community/gpt2): fetched, or read from huggingface_hub's cache.
+            return load_export(resolve_checkpoint(str(source)), overrides or {}, probabilities=probabilities, head=head)
         raise wd.WorkdirError(f"{directory}: no such directory")
     if is_run(directory):
         return _load_workdir(directory, which, overrides or {}, probabilities)
@@ -235,7 +240,8 @@ def _load_workdir(workdir: epath.Path, which: str, overrides: dict, probabilitie
     steps = steps_lib.inference_steps(graphdef, partition, mesh, trainable, frozen, probabilities=probabilities)
     sharding.check_batch_size(config.train.eval_batch_size, mesh, "train.eval_batch_size")
     _check_max_length(config, graphdef, params)
-    return Trained(config, run["task"], list(run["labels"]), tokenizer, steps, str(workdir))
+    return Trained(config, run["task"], list(run["labels"]), tokenizer, steps, str(workdir),
+                   str(workdir / TOKENIZER_DIR))
 
 
 def _check_max_length(config, graphdef, params) -> None:
@@ -300,4 +306,4 @@ def load_export(model_dir, overrides: dict | None = None, *, probabilities: bool
     graphdef, params = steps_lib.place_params(model, mesh)
     _check_max_length(config, graphdef, params)
     steps = steps_lib.inference_steps(graphdef, peft.FULL, mesh, params, None, probabilities=probabilities)
-    return Trained(config, task.name, labels, load_tokenizer(model_dir), steps, str(model_dir))
+    return Trained(config, task.name, labels, load_tokenizer(model_dir), steps, str(model_dir), str(model_dir))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import os
 import platform
 import resource
@@ -29,6 +30,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+log = logging.getLogger("gptjax")
 
 # ---------------------------------------------------------------------------------------------
 # The record
@@ -514,6 +517,30 @@ def run(config, workdir, *, config_name: str = "", results: str | None = None, s
                     workdir, results)
     print(format_table([record]))
     return record
+
+
+def run_generate(config, workdir, *, config_name: str = "", results: str | None = None, steps: int = 3,
+                 warmup: int = 0) -> list[dict]:
+    """run.py --mode=benchmark --benchmark=generate: times decoding at generate.batch_size,
+    generate.prompt_length and generate.max_new_tokens (random weights of the config's size)
+    beside transformers' PyTorch generate when torch is installed; records as run's."""
+    import importlib.util
+
+    from gptjax import decoding_benchmark, sharding
+
+    g = config.generate
+    with_torch = importlib.util.find_spec("torch") is not None
+    if not with_torch:
+        log.warning("torch is not installed: gptjax's decoding is timed alone")
+    records = decoding_benchmark.run(
+        model_config_of(config), model_name=config.model.name_or_path or "gpt2", batch_sizes=(g.batch_size,),
+        prompt_length=g.prompt_length, max_new_tokens=g.max_new_tokens, repeats=max(steps, 1), with_torch=with_torch,
+        mesh=sharding.make_mesh(config.mesh))
+    for record in records:
+        record["config"] = config_name
+        finish(record, workdir if record["framework"] == "gptjax" else None, results)
+    print(format_table(records))
+    return records
 
 
 # ---------------------------------------------------------------------------------------------

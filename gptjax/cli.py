@@ -12,9 +12,13 @@
                export: write the run's --checkpoint to --export_dir as a Hugging Face directory
                predict: tag or classify raw text, a sentence or document a line, from --input (or
                  standard input) to --output (or standard output) as JSON Lines
+               generate: continue prompts, one a line, with a causal-LM model (a causal_lm run, a
+                 GPT2LMHeadModel export or hub id); generate.* keys set the decoding
                benchmark: time the config's train and eval steps on synthetic batches (random
-                 weights, no data); writes WORKDIR/benchmark.json, appends it to --results
-               eval, export and predict take a trained --workdir or an export as --model_dir, need
+                 weights, no data), or with --benchmark=generate decoding at generate.batch_size,
+                 prompt_length and max_new_tokens beside transformers' generate; writes
+                 WORKDIR/benchmark.json, appends records to --results
+               eval, export, predict, generate take a trained --workdir or an export as --model_dir, need
                no --config and no training data, and write nothing into the run; overrides may
                change only how the model runs (dtype, attention, lengths, eval batch size, mesh)
   --config.a.b=value   override one config key; the value is parsed as the key's type
@@ -30,14 +34,16 @@ import sys
 from gptjax.config import ConfigError, apply_overrides, load_config, validate
 
 
-READING_MODES = ("eval", "export", "predict")  # they use a trained run and write nothing into it
+READING_MODES = ("eval", "export", "predict", "generate")  # they use a trained run and write nothing into it
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config")
     parser.add_argument("--workdir")
-    parser.add_argument("--mode", default="train", choices=("train", "eval", "export", "benchmark", "predict"))
+    parser.add_argument("--mode", default="train", choices=("train", "eval", "export", "benchmark", "predict", "generate"))
+    parser.add_argument("--benchmark", default="train", choices=("train", "generate"),
+                        help="benchmark: the train and eval steps, or decoding (generate.* shapes)")
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
     parser.add_argument("--export_dir")
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
@@ -47,11 +53,12 @@ def parse_args(argv):
     parser.add_argument("--coordinator_address", help="several hosts: HOST:PORT of process 0")
     parser.add_argument("--num_processes", type=int)
     parser.add_argument("--process_id", type=int)
-    parser.add_argument("--input", help="predict: a text file, one sentence or document a line (default: standard "
-                                        "input); eval: a labelled file to score instead of the run's --split")
-    parser.add_argument("--output", help="predict: where the JSON Lines go (default: standard output); eval: a JSON "
-                                         "file for the metrics")
-    parser.add_argument("--model_dir", help="eval, export, predict: an exported Hugging Face directory instead of a workdir")
+    parser.add_argument("--input", help="predict, generate: a text file, one sentence, document or prompt a line "
+                                        "(default: standard input); eval: a labelled file to score instead of --split")
+    parser.add_argument("--output", help="predict, generate: where the JSON Lines go (default: standard output); "
+                                         "eval: a JSON file for the metrics")
+    parser.add_argument("--model_dir", help="eval, export, predict, generate: an exported Hugging Face directory (or, "
+                                            "for generate, a hub id) instead of a workdir")
     parser.add_argument("--overwrite", action="store_true",
                         help="allow an output that would replace an input or a directory that is not an earlier export")
     args, rest = parser.parse_known_args(argv)
@@ -112,12 +119,17 @@ def main(argv=None):
         elif args.mode == "benchmark":
             from gptjax import benchmark
 
-            benchmark.run(config, args.workdir, config_name=args.config, results=args.results,
-                          steps=args.benchmark_steps, warmup=args.benchmark_warmup)
+            run = benchmark.run_generate if args.benchmark == "generate" else benchmark.run
+            run(config, args.workdir, config_name=args.config, results=args.results, steps=args.benchmark_steps,
+                warmup=args.benchmark_warmup)
         elif args.mode == "eval":
             workdir_modes.evaluate(source, args.split, args.checkpoint, overrides, args.input, args.output)
         elif args.mode == "export":
             workdir_modes.export(source, args.export_dir, args.checkpoint, args.overwrite)
+        elif args.mode == "generate":
+            from gptjax.text_generation import TextGenerator
+
+            predict.run(TextGenerator(load(source, args.checkpoint, overrides)), args.input, args.output, args.overwrite)
         else:
             predictor = predict.Predictor(load(source, args.checkpoint, overrides))
             predict.run(predictor, args.input, args.output, args.overwrite)

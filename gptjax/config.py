@@ -87,6 +87,17 @@ def base_config() -> ConfigDict:
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
 
+    # Decoding (--mode=generate; --mode=benchmark --benchmark=generate times these shapes).
+    c.generate = ConfigDict()
+    c.generate.max_new_tokens = 64
+    c.generate.temperature = 0.0  # 0: greedy
+    c.generate.top_k = 0  # 0: off
+    c.generate.top_p = 1.0  # 1: off
+    c.generate.seed = 0
+    c.generate.stop = ()  # strings that end a completion (cut before them)
+    c.generate.batch_size = 16  # prompts decoded together
+    c.generate.prompt_length = 128  # benchmark: prompt tokens
+
     c.checkpoint = ConfigDict()
     c.checkpoint.every_steps = 500  # and at each epoch end
     c.checkpoint.keep = 3
@@ -191,6 +202,12 @@ RANGES = (
     ("lora.alpha", 0, False, None, None),
     ("lora.dropout", 0, True, 1, False),
     ("checkpoint.every_steps", 1, True, None, None),
+    ("generate.max_new_tokens", 0, True, None, None),
+    ("generate.temperature", 0, True, None, None),
+    ("generate.top_k", 0, True, None, None),
+    ("generate.top_p", 0, False, 1, True),
+    ("generate.batch_size", 1, True, None, None),
+    ("generate.prompt_length", 1, True, None, None),
     ("checkpoint.keep", 1, True, None, None),
     ("tokenizer.vocab_size", 1, True, None, None),
 )

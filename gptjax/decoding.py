@@ -85,6 +85,7 @@ class Completion:
     completion: str | None
     completion_ids: list[int]
     finish_reason: str  # "eos", "stop" or "length"
+    truncated: bool = False  # the prompt's start was dropped to fit n_positions (generate(truncate=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,10 +356,13 @@ class Generator:
 
     # -- text -------------------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[str], *, stop: str | Sequence[str] | None = None, **settings) -> list[Completion]:
+    def generate(self, prompts: Sequence[str], *, stop: str | Sequence[str] | None = None, truncate: bool = False,
+                 **settings) -> list[Completion]:
         """Completions of text prompts, in order; settings as generate_ids. An empty prompt starts
         from the BOS token, as transformers does with no input. `stop`: strings that end a
-        completion, which is cut before the first of them."""
+        completion, which is cut before the first of them. `truncate`: a prompt too long for
+        n_positions with its max_new_tokens keeps its last tokens (marked `truncated`) instead of
+        being refused."""
         tok = self.tokenizer
         if tok is None:
             raise ValueError("text prompts need a tokenizer; use generate_ids for token ids")
@@ -367,12 +371,19 @@ class Generator:
             raise ValueError("stop strings must not be empty")
         bos = tok.bos_token_id if tok.bos_token_id is not None else self.config.bos_token_id
         ids = [tok(p)["input_ids"] or [bos] for p in prompts] if prompts else []
+        cut = [False] * len(ids)
+        if truncate:
+            budget = np.broadcast_to(np.asarray(settings.get("max_new_tokens", 64)), (len(ids),))
+            for i, n in enumerate(budget):
+                keep = max(self.config.n_positions - int(n), 1)
+                if len(ids[i]) > keep:
+                    ids[i], cut[i] = ids[i][-keep:], True
         if stops:
             settings.setdefault("stop_sequences", [tok(s)["input_ids"] for s in stops])
             settings.setdefault("stop_tokens", self._stop_table(stops))
         results = self.generate_ids(ids, **settings)
-        for prompt, result in zip(prompts, results):
-            result.prompt = prompt
+        for prompt, result, was_cut in zip(prompts, results, cut):
+            result.prompt, result.truncated = prompt, was_cut
             result.completion = self._decode_text(result.completion_ids)
             if stops:
                 _cut_at_stop(result, stops, self._decode_text)

@@ -190,6 +190,9 @@ class Predictor:
                           probabilities={name: float(p) for name, p in zip(self.labels, probs[k])})
         return out
 
+    def summary(self, count: int) -> str:
+        return f"predicted {count} lines; {self.num_truncated} longer than data.max_length={self.max_length} tokens were cut"
+
     def predict_stream(self, lines: Iterable[tuple[int, str]]) -> Iterator[dict]:
         """Output objects for (number, text) lines, predicted a chunk at a time."""
         chunk: list[tuple[int, str]] = []
@@ -202,10 +205,11 @@ class Predictor:
             yield from self.predict([t for _, t in chunk], [n for n, _ in chunk])
 
 
-def run(predictor: Predictor, input_path: str | None = None, output_path: str | None = None,
+def run(predictor, input_path: str | None = None, output_path: str | None = None,
         overwrite: bool = False) -> int:
     """Reads --input (or standard input), writes JSON Lines to --output (or standard output);
-    returns the number of lines."""
+    returns the number of lines. `predictor`: a Predictor, or anything with predict_stream and
+    summary (text_generation.TextGenerator)."""
     if input_path and not Path(input_path).is_file():
         raise ConfigError(f"--input={input_path}: no such file")
     wd.check_output_file(output_path, [input_path], overwrite)
@@ -229,6 +233,5 @@ def run(predictor: Predictor, input_path: str | None = None, output_path: str | 
         if tmp and os.path.exists(tmp):
             sink.close()
             os.unlink(tmp)
-    log.info("predicted %d lines; %d longer than data.max_length=%d tokens were cut", count, predictor.num_truncated,
-             predictor.max_length)
+    log.info(predictor.summary(count))
     return count

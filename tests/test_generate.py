@@ -307,3 +307,66 @@ def test_benchmark_records():
     assert records[0]["recompiles"] == 0 and records[2]["recompiles"] == 0
     assert 0 < records[0]["memory_bandwidth_fraction"] and "memory_bandwidth_fraction" not in records[2]
     assert "gptjax" in benchmark.format_table(records)  # what `compare` prints
+
+
+# ---------------------------------------------------------------------------------------------
+# --mode=generate and --mode=benchmark --benchmark=generate
+
+
+def _lm_checkpoint(directory):
+    """A tiny GPT2LMHeadModel and its tokenizer laid out as a hub checkpoint is."""
+    from gptjax import synthetic
+
+    texts = synthetic.corpus_texts(synthetic.make_ner_corpus(seed=0, sizes=(200, 1, 1))["train"])
+    tokenizer = synthetic.train_tokenizer(texts, vocab_size=300)
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=48, vocab_size=len(tokenizer),
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = gptjax.init_model(config, "causal_lm", seed=0)
+    gptjax.save_pretrained(model, directory)
+    tokenizer.save_pretrained(str(directory))
+    return model, tokenizer
+
+
+def test_generate_mode_writes_one_completion_a_prompt(tmp_path):
+    import json
+
+    import run
+
+    model, tokenizer = _lm_checkpoint(tmp_path / "lm")
+    prompts = ["Hughes joined", "", "the " * 60]  # the last is too long for n_positions=48 with 6 new tokens
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    run.main(["--mode=generate", f"--model_dir={tmp_path / 'lm'}", f"--input={tmp_path / 'prompts.txt'}",
+              f"--output={tmp_path / 'out.jsonl'}", "--config.generate.max_new_tokens=6"])
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [o["line"] for o in out] == [1, 2, 3] and [o["prompt"] for o in out] == prompts
+    assert [o["truncated"] for o in out] == [False, False, True]
+    expected = gptjax.generate(model, tokenizer, prompts[:2], max_new_tokens=6)
+    assert [o["completion_ids"] for o in out[:2]] == [r.completion_ids for r in expected]
+    assert all(o["finish_reason"] in ("eos", "length", "stop") and len(o["completion_ids"]) <= 6 for o in out)
+
+
+def test_generate_mode_refuses_a_classifier(tmp_path):
+    import run
+
+    model = gptjax.init_model(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=48, vocab_size=300),
+                              "token_classification", labels=["O", "B-X", "I-X"])
+    _, tokenizer = _lm_checkpoint(tmp_path / "lm")
+    gptjax.save_pretrained(model, tmp_path / "tagger")
+    tokenizer.save_pretrained(str(tmp_path / "tagger"))
+    with pytest.raises(SystemExit, match="--mode=generate needs a causal-LM model"):
+        run.main(["--mode=generate", f"--model_dir={tmp_path / 'tagger'}"])
+
+
+def test_benchmark_mode_times_decoding(tmp_path):
+    import json
+
+    import run
+
+    run.main(["--config=demo", f"--workdir={tmp_path}", "--mode=benchmark", "--benchmark=generate",
+              "--config.generate.batch_size=2", "--config.generate.prompt_length=8", "--config.generate.max_new_tokens=4",
+              "--benchmark_steps=1", f"--results={tmp_path / 'records.jsonl'}"])
+    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert [r["framework"] for r in records] == ["gptjax", "pytorch"]
+    assert all(r["tokens_per_sec"] > 0 and r["batch_size"] == 2 for r in records)
+    assert records[0]["recompiles"] == 0
+    assert json.loads((tmp_path / "benchmark.json").read_text())["framework"] == "gptjax"
