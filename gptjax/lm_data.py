@@ -39,33 +39,34 @@ EXTENSIONS = TEXT_EXTS + JSONL_EXTS
 
 
 @dataclass(frozen=True)
-class TextExample:
-    """One document."""
+class _Located:
+    """Where an example came from, so errors can name the file and line; not part of equality."""
 
-    text: str
-    source: str = field(default="", compare=False, repr=False)
-    line: int = field(default=0, compare=False, repr=False)
-    unit: str = field(default="line", compare=False, repr=False)
+    source: str = field(default="", compare=False, repr=False, kw_only=True)
+    line: int = field(default=0, compare=False, repr=False, kw_only=True)
+    unit: str = field(default="line", compare=False, repr=False, kw_only=True)  # "line" or "row"
 
     def where(self) -> str:
         return f"{self.source}, {self.unit} {self.line}"
 
+
+@dataclass(frozen=True)
+class TextExample(_Located):
+    """One document."""
+
+    text: str
+
     def content(self) -> tuple:
+        """What the example says, for the data fingerprint a run records."""
         return (self.text,)
 
 
 @dataclass(frozen=True)
-class CompletionExample:
+class CompletionExample(_Located):
     """A prompt and the completion the model should learn to write after it."""
 
     prompt: str
     completion: str
-    source: str = field(default="", compare=False, repr=False)
-    line: int = field(default=0, compare=False, repr=False)
-    unit: str = field(default="line", compare=False, repr=False)
-
-    def where(self) -> str:
-        return f"{self.source}, {self.unit} {self.line}"
 
     def content(self) -> tuple:
         return self.prompt, self.completion
@@ -76,7 +77,7 @@ class CompletionExample:
 
 def read_text_file(path: str) -> list[TextExample]:
     """One document a non-blank line."""
-    examples = [TextExample(line, path, n) for n, line in enumerate(_read_lines(path), 1) if line.strip()]
+    examples = [TextExample(line, source=path, line=n) for n, line in enumerate(_read_lines(path), 1) if line.strip()]
     if not examples:
         raise DataError(f"{path}: no text found (empty split)")
     return examples
@@ -88,13 +89,13 @@ def _example(values: dict, where: str, source: str, line: int, text_column: str 
         prompt, completion = values["prompt"], values["completion"]
         if not (isinstance(prompt, str) and prompt and isinstance(completion, str) and completion):
             raise DataError(f"{where}: 'prompt' and 'completion' must be non-empty strings")
-        return CompletionExample(prompt, completion, source, line, unit)
+        return CompletionExample(prompt, completion, source=source, line=line, unit=unit)
     key = text_column or "text"
     if key not in values:
         raise DataError(f"{where}: no {key!r} (nor 'prompt' and 'completion') (keys: {sorted(values)})")
     if not isinstance(values[key], str):
         raise DataError(f"{where}: {key!r} must be a string")
-    return TextExample(values[key], source, line, unit)
+    return TextExample(values[key], source=source, line=line, unit=unit)
 
 
 def read_lm_jsonl(path: str, text_column: str | None = None) -> list:
