@@ -356,7 +356,7 @@ def main(argv=None):
     # The label vocabulary gptjax built from the train split: the reference uses the same ids.
     label_names = data.LabelVocab.load(str(out / "gptjax" / "labels.json")).names
     train = data.read_conll(str(corpus_dir / "train.conll"))
-    assert label_names == data.LabelVocab.from_examples(train, "token").names
+    assert label_names == data.LabelVocab.from_tags(train).names
     results["examples_encoded_differently"] = same_token_ids(checkpoint, corpus_dir, label_names, args.max_length)
 
     log.info("training the PyTorch reference from %s", checkpoint)

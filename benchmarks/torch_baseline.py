@@ -28,7 +28,7 @@ import jax  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from gptjax import benchmark  # noqa: E402
+from gptjax import benchmark, tasks  # noqa: E402
 from gptjax.config import apply_overrides, load_config  # noqa: E402
 
 
@@ -40,10 +40,10 @@ class TorchSteps:
         s = benchmark.shapes(config)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.shapes, self.model_config = s, model_config
-        hf = transformers.GPT2Config(**model_config.to_hf_dict(), num_labels=s["num_labels"])
+        labels = {"num_labels": s["num_labels"]} if s["num_labels"] else {}  # a causal LM has no classes
+        hf = transformers.GPT2Config(**model_config.to_hf_dict(), **labels)
         hf.pad_token_id = hf.eos_token_id  # sequence classification needs one for batches
-        cls = (transformers.GPT2ForTokenClassification if s["task"] == "token"
-               else transformers.GPT2ForSequenceClassification)
+        cls = getattr(transformers, tasks.get(s["task"]).architecture)  # the class an export of the task loads as
         torch.manual_seed(cfg.seed)
         self.model = cls(hf).to(self.device).train()
         self.num_params = sum(p.numel() for p in self.model.parameters())
@@ -71,7 +71,7 @@ class TorchSteps:
 
     def batches(self):
         s = self.shapes
-        host = benchmark.synthetic_batches(s["task"], s["batch_size"], s["seq_len"], self.model_config.vocab_size,
+        host = benchmark.synthetic_batches(s["per_token"], s["batch_size"], s["seq_len"], self.model_config.vocab_size,
                                            s["num_labels"])
         for batch in host:
             yield {k: torch.from_numpy(v).long().to(self.device, non_blocking=True) for k, v in batch.items()}

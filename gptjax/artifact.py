@@ -6,7 +6,8 @@ data or trains a tokenizer again, and the modes that only read a workdir write n
 WORKDIR/run.json     the resolved config, the model's architecture, the labels, and fingerprints
                      of the data and the tokenizer (resume refuses either changed)
 WORKDIR/tokenizer/   the tokenizer, as transformers saves it
-WORKDIR/labels.json  the label names (id = position)
+WORKDIR/labels.json  the label names (id = position); not written for a task without labels
+                     (causal_lm)
 WORKDIR/base/        the frozen parameters, when only part of the model trains (LoRA, freeze):
                      checkpoints hold what trains, so the rest is kept once, here
 """
@@ -53,14 +54,14 @@ USE_TIME_KEYS = (
 
 
 def data_fingerprint(splits: dict[str, list]) -> dict[str, dict]:
-    """Per split, the number of examples and a hash of their contents (words and tags, or text
-    and label): the same whether the data came from files, the hub or the synthetic corpus."""
+    """Per split, the number of examples and a hash of their contents (words and tags, text and
+    label, a document, or a prompt and completion): the same whether the data came from files,
+    the hub or a synthetic corpus."""
     out = {}
     for name, examples in sorted(splits.items()):
         h = hashlib.sha256()
         for ex in examples:
-            content = (ex.tokens, ex.tags) if hasattr(ex, "tokens") else (ex.text, ex.label)
-            h.update(json.dumps(content, ensure_ascii=False).encode("utf-8") + b"\n")
+            h.update(json.dumps(ex.content(), ensure_ascii=False).encode("utf-8") + b"\n")
         out[name] = {"examples": len(examples), "sha256": h.hexdigest()}
     return out
 
@@ -102,7 +103,8 @@ def save_run(workdir: epath.Path, config, model, tokenizer, labels: list[str], f
     if jax.process_index() != 0:
         return
     _save_tokenizer(tokenizer, workdir / TOKENIZER_DIR)
-    wd.write_json(workdir / LABELS_FILE, {"names": list(labels)})
+    if labels:
+        wd.write_json(workdir / LABELS_FILE, {"names": list(labels)})
     wd.write_json(workdir / RUN_FILE, {
         "format": FORMAT,
         "task": config.task,
@@ -127,10 +129,10 @@ def _save_tokenizer(tokenizer, directory: epath.Path) -> None:
 @dataclasses.dataclass
 class Trained:
     """A trained model ready to use: its config (the run's, with use-time keys changed), task,
-    labels, tokenizer, and the model on a mesh with its predict step (steps.Steps)."""
+    labels ([] for causal_lm), tokenizer, and the model on a mesh with its steps (steps.Steps)."""
 
     config: Any
-    task: str
+    task: tasks.Task
     labels: list[str]
     tokenizer: Any
     steps: steps_lib.Steps
@@ -236,12 +238,12 @@ def _load_workdir(workdir: epath.Path, which: str, overrides: dict, probabilitie
             raise CheckpointError(f"{workdir / BASE_DIR}: the frozen base model cannot be read "
                                   f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
         peft.check_base(run.get("base"), peft.checksum(frozen), workdir / BASE_DIR)
-    tokenizer = load_tokenizer(workdir / TOKENIZER_DIR)
+    task = tasks.get(run["task"])
+    tokenizer = load_tokenizer(workdir / TOKENIZER_DIR, task.prefix_space)
     steps = steps_lib.inference_steps(graphdef, partition, mesh, trainable, frozen, probabilities=probabilities)
     sharding.check_batch_size(config.train.eval_batch_size, mesh, "train.eval_batch_size")
     _check_max_length(config, graphdef, params)
-    return Trained(config, run["task"], list(run["labels"]), tokenizer, steps, str(workdir),
-                   str(workdir / TOKENIZER_DIR))
+    return Trained(config, task, list(run["labels"]), tokenizer, steps, str(workdir), str(workdir / TOKENIZER_DIR))
 
 
 def _check_max_length(config, graphdef, params) -> None:
@@ -275,11 +277,12 @@ def _restore_trainable(workdir, which: str, target, config):
         checkpoints.close()
 
 
-def load_tokenizer(directory):
+def load_tokenizer(directory, add_prefix_space: bool = True):
+    """A saved tokenizer, with the task's add_prefix_space (tasks.Task.prefix_space)."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(directory), add_prefix_space=True)
+        return AutoTokenizer.from_pretrained(str(directory), add_prefix_space=add_prefix_space)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a bad directory
         raise CheckpointError(f"{directory}: the tokenizer cannot be loaded ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200]})") from None
@@ -306,4 +309,5 @@ def load_export(model_dir, overrides: dict | None = None, *, probabilities: bool
     graphdef, params = steps_lib.place_params(model, mesh)
     _check_max_length(config, graphdef, params)
     steps = steps_lib.inference_steps(graphdef, peft.FULL, mesh, params, None, probabilities=probabilities)
-    return Trained(config, task.name, labels, load_tokenizer(model_dir), steps, str(model_dir), str(model_dir))
+    return Trained(config, task, labels, load_tokenizer(model_dir, task.prefix_space), steps, str(model_dir),
+                   str(model_dir))

@@ -41,8 +41,8 @@ RECORD_FIELDS = {
     "framework": "gptjax, pytorch-eager or pytorch-compile",
     "config": "the config's name (--config)",
     "model": "the GPT-2 size or checkpoint the shapes come from",
-    "head": "token_classification or sequence_classification",
-    "num_labels": "classes of the head",
+    "head": "token_classification, sequence_classification or causal_lm",
+    "num_labels": "classes of the head (0 for causal_lm)",
     "num_params": "parameters of the model, head included",
     "batch_size": "rows per train step (over all devices)",
     "seq_len": "tokens per row",
@@ -250,17 +250,18 @@ def prefetch(batches, put, size: int = 2):
         yield queue.popleft()
 
 
-def synthetic_batches(task: str, batch: int, length: int, vocab_size: int, num_labels: int, seed: int = 0):
-    """Endless host (numpy) batches in the data pipeline's format, every token real; a pool of
+def synthetic_batches(per_token: bool, batch: int, length: int, vocab_size: int, num_labels: int, seed: int = 0):
+    """Endless host (numpy) batches in the data pipeline's format, every token real, with a label
+    a position (`per_token`) or a row, in [0, num_labels) (a causal LM's 0: a token id); a pool of
     four distinct ones cycled, so making them costs nothing inside the timed loop."""
     rng = np.random.default_rng(seed)
     pool = []
     for _ in range(4):
-        shape = (batch, length) if task == "token" else (batch,)
+        shape = (batch, length) if per_token else (batch,)
         pool.append({
             "input_ids": rng.integers(0, vocab_size, (batch, length), dtype=np.int32),
             "attention_mask": np.ones((batch, length), np.int32),
-            "labels": rng.integers(0, num_labels, shape, dtype=np.int32),
+            "labels": rng.integers(0, num_labels or vocab_size, shape, dtype=np.int32),
         })
     i = 0
     while True:
@@ -377,9 +378,6 @@ def peak_memory(mesh, compiled) -> tuple[int | None, str]:
 # The benchmark of a config
 
 
-NUM_LABELS = {"token": 9, "sequence": 2}  # CoNLL-2003's tags; binary sentiment
-
-
 def model_config_of(config):
     """The config's architecture without a download: a named size (random weights), or a local
     checkpoint's config.json; vocab_size as training would have it."""
@@ -409,8 +407,8 @@ def shapes(config) -> dict:
     """What the benchmark runs, from the config: task, head, classes, batch and sequence length."""
     from gptjax import tasks
 
-    task = config.task
-    return {"task": task, "head": tasks.get(task).head, "num_labels": NUM_LABELS[task],
+    task = tasks.get(config.task)
+    return {"task": task.name, "head": task.head, "num_labels": task.benchmark_labels, "per_token": task.per_token,
             "batch_size": config.train.batch_size, "eval_batch_size": config.train.eval_batch_size,
             "seq_len": config.data.max_length}
 
@@ -445,7 +443,8 @@ class GptjaxSteps:
         """Synthetic batches, prefetched to the mesh."""
         s = self.shapes
         rows = s["eval_batch_size"] if eval_ else s["batch_size"]
-        host = synthetic_batches(s["task"], rows, s["seq_len"], self.model_config.vocab_size, s["num_labels"], int(eval_))
+        host = synthetic_batches(s["per_token"], rows, s["seq_len"], self.model_config.vocab_size, s["num_labels"],
+                                 int(eval_))
         return prefetch(host, self.put)
 
     def compiled_train_step(self, batch):

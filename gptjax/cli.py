@@ -126,12 +126,12 @@ def main(argv=None):
             workdir_modes.evaluate(source, args.split, args.checkpoint, overrides, args.input, args.output)
         elif args.mode == "export":
             workdir_modes.export(source, args.export_dir, args.checkpoint, args.overwrite)
-        elif args.mode == "generate":
+        else:  # predict, generate: a causal LM's prediction is its continuation of each line
             from gptjax.text_generation import TextGenerator
 
-            predict.run(TextGenerator(load(source, args.checkpoint, overrides)), args.input, args.output, args.overwrite)
-        else:
-            predictor = predict.Predictor(load(source, args.checkpoint, overrides))
+            trained = load(source, args.checkpoint, overrides)
+            generates = args.mode == "generate" or trained.task.predict is None
+            predictor = TextGenerator(trained) if generates else predict.Predictor(trained)
             predict.run(predictor, args.input, args.output, args.overwrite)
     except Preempted as e:
         print(e.message, file=sys.stderr)

@@ -19,7 +19,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 def base_config() -> ConfigDict:
     """Every key a run reads, with defaults; named configs change some of them."""
     c = ConfigDict()
-    c.task = "token"  # "token" (NER, POS) or "sequence" (sentiment, topic)
+    c.task = "token"  # "token" (NER, POS), "sequence" (sentiment, topic) or "causal_lm" (gptjax/tasks.py)
 
     c.model = ConfigDict()
     c.model.name_or_path = "gpt2"  # hub id or local directory; for init="scratch", a size name
@@ -40,7 +40,7 @@ def base_config() -> ConfigDict:
     c.data = ConfigDict()
     c.data.source = config_dict.placeholder(str)  # hub dataset id, local directory, or "synthetic"
     c.data.hub_config = config_dict.placeholder(str)  # datasets.load_dataset's second argument
-    c.data.text_column = config_dict.placeholder(str)
+    c.data.text_column = config_dict.placeholder(str)  # None: "text" or "sentence" (causal_lm: "text", or prompt/completion)
     c.data.label_column = config_dict.placeholder(str)
     c.data.max_length = 128
     c.data.buckets = (32, 64, 128, 256, 512)  # capped at max_length
@@ -50,7 +50,7 @@ def base_config() -> ConfigDict:
     c.data.test_split = "test"  # "validation" where the test labels are hidden (GLUE)
     c.data.unknown_label = "error"  # or "map_to_o" (token tasks): a tag training never saw
     c.data.synthetic_seed = 0
-    c.data.synthetic_sizes = (2000, 400, 400)
+    c.data.synthetic_sizes = (2000, 400, 400)  # train / validation / test examples (causal_lm: documents)
 
     c.train = ConfigDict()
     c.train.seed = 0

@@ -3,15 +3,16 @@
 Host-side numpy only. jax is deliberately not imported here: the pipeline must never create
 device arrays (that starves the accelerator); the train loop places each batch on the mesh.
 
-Flow: load_splits -> LabelVocab.from_examples(train) -> check_labels -> encode_*_split
-(tokenise once) -> epoch_batches (cheap, deterministic per (seed, epoch), restartable at a
-batch offset).
+The readers, label vocabularies and encoders here are per format; which of them a task uses is
+its entry in gptjax/tasks.py. Flow: load_splits -> the task's label vocabulary (train) -> its
+label check -> its encoder (tokenise once) -> epoch_batches (cheap, deterministic per (seed,
+epoch), restartable at a batch offset). Causal-LM text is read and packed by gptjax/lm_data.py.
 
 Batch format (a dict of numpy arrays; B is always the batch size, T a bucket length):
   input_ids      int32 [B, T]  padded on the right with the pad id (EOS when there is none)
   attention_mask int32 [B, T]  1 real token, 0 padding (padding rows are all 0)
-  labels         int32 [B, T]  token task, -100 where ignored; [B] for a sequence task;
-                               padding rows are -100 everywhere
+  labels         int32 [B, T]  one label a position (token and causal_lm tasks), -100 where
+                               ignored; [B] for a sequence task; padding rows are -100 everywhere
   example_index  int32 [B]     index into the split's example list; -1 marks a padding row
   word_index     int32 [B, T]  token task only: w at the first subword of word w, else -1
 """
@@ -24,8 +25,9 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +41,6 @@ SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "dev"), "test":
 CONLL_EXTS = (".txt", ".conll", ".iob")
 JSONL_EXTS = (".jsonl", ".json")
 TABLE_EXTS = (".csv", ".tsv")
-TASK_EXTS = {"token": CONLL_EXTS + JSONL_EXTS, "sequence": JSONL_EXTS + TABLE_EXTS}
 HUB_SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "dev", "valid"), "test": ("test",)}
 TEXT_COLUMNS = ("text", "sentence")  # auto-detected text column names, in this order
 TAG_COLUMNS = ("tags", "ner_tags")  # auto-detected tag column names, in this order
@@ -69,6 +70,10 @@ class TokenExample:
         """Where word `word` of this example came from, e.g. 'data/dev.conll, line 57'."""
         return f"{self.source}, {self.unit} {self.line + self.line_step * word}"
 
+    def content(self) -> tuple:
+        """What the example says, for the data fingerprint a run records."""
+        return self.tokens, self.tags
+
 
 @dataclass(frozen=True)
 class SequenceExample:
@@ -85,6 +90,10 @@ class SequenceExample:
     def where(self) -> str:
         """Where this example came from, e.g. 'data/dev.csv, line 12'."""
         return f"{self.source}, {self.unit} {self.line}"
+
+    def content(self) -> tuple:
+        """What the example says, for the data fingerprint a run records."""
+        return self.text, self.label
 
 
 # ----------------------------------------------------------------------------- readers
@@ -274,28 +283,22 @@ def read_sequence_file(
             examples.append(SequenceExample(value, label.strip(), path, start))
     else:
         raise DataError(f"{path}: unsupported extension {ext!r} for a sequence task "
-                        f"(use {', '.join(TASK_EXTS['sequence'])})")
+                        f"(use {', '.join(JSONL_EXTS + TABLE_EXTS)})")
     if not examples:
         raise DataError(f"{path}: no examples found (empty split)")
     return examples
 
 
-def read_split_file(path: str, task: str, *, iob1_to_iob2: bool = False,
-                    text_column: str | None = None, label_column: str | None = None) -> list:
-    """Read one split file, choosing the reader from the task and the extension."""
-    ext = os.path.splitext(path)[1].lower()
-    if task == "token":
-        if ext in JSONL_EXTS:
-            return read_token_jsonl(path, iob1_to_iob2)
-        return read_conll(path, iob1_to_iob2)
-    if task == "sequence":
-        return read_sequence_file(path, text_column, label_column or "label")
-    raise ValueError(f"task must be 'token' or 'sequence', got {task!r}")
+def read_token_file(path: str, iob1_to_iob2: bool = False) -> list[TokenExample]:
+    """Token examples from JSON Lines (.jsonl, .json) or CoNLL columns (any other extension)."""
+    if os.path.splitext(path)[1].lower() in JSONL_EXTS:
+        return read_token_jsonl(path, iob1_to_iob2)
+    return read_conll(path, iob1_to_iob2)
 
 
-def find_split_file(directory: str, split: str, task: str) -> str:
+def find_split_file(directory: str, split: str, extensions: Sequence[str]) -> str:
     """The one file in `directory` holding `split` (matched by stem, e.g. dev.conll for validation)."""
-    names = [stem + ext for stem in SPLIT_STEMS[split] for ext in TASK_EXTS[task]]
+    names = [stem + ext for stem in SPLIT_STEMS[split] for ext in extensions]
     found = [name for name in names if os.path.isfile(os.path.join(directory, name))]
     if not found:
         raise DataError(f"{directory}: no {split} file; looked for {', '.join(names)}")
@@ -307,12 +310,13 @@ def find_split_file(directory: str, split: str, task: str) -> str:
 # ----------------------------------------------------------------------------- Hugging Face
 
 
-def splits_from_hf(dataset_dict, task: str, *, name: str = "dataset", iob1_to_iob2: bool = False,
-                   text_column: str | None = None, label_column: str | None = None,
-                   splits: Sequence[str] = SPLITS) -> dict[str, list]:
-    """Examples from a `datasets.DatasetDict`, mapping ClassLabel ids to names."""
-    import datasets  # imported lazily: only hub sources need it
+HubReader = Callable[[Any, str], "list | None"]  # (one datasets split, its name) -> examples
 
+
+def splits_from_hf(dataset_dict, read_rows: HubReader, *, name: str = "dataset",
+                   splits: Sequence[str] = SPLITS) -> dict[str, list]:
+    """{split: examples} of a `datasets.DatasetDict`, each split read by `read_rows` (a task's
+    hub reader); a split it returns None for (labels hidden) is left out."""
     out = {}
     for split in splits:
         key = next((k for k in HUB_SPLIT_NAMES[split] if k in dataset_dict), None)
@@ -322,65 +326,79 @@ def splits_from_hf(dataset_dict, task: str, *, name: str = "dataset", iob1_to_io
         source = f"{name}[{key}]"
         if len(ds) == 0:
             raise DataError(f"{source}: empty split")
-        columns = list(ds.column_names)
-        if task == "token":
-            tag_col = label_column or next((c for c in TAG_COLUMNS if c in columns), None)
-            if "tokens" not in columns or tag_col not in columns:
-                raise DataError(f"{source}: expected columns 'tokens' and one of "
-                                f"{label_column or TAG_COLUMNS} (columns: {columns})")
-            feature = getattr(ds.features[tag_col], "feature", None)
-            names = feature.names if isinstance(feature, datasets.ClassLabel) else None
-            examples = []
-            for row, (tokens, tags) in enumerate(zip(ds["tokens"], ds[tag_col])):
-                if len(tokens) != len(tags):
-                    raise DataError(f"{source}, row {row}: {len(tokens)} tokens but {len(tags)} tags")
-                if not tokens:
-                    continue  # some hub copies keep empty document-separator rows
-                tags = tuple(names[t] if names is not None else str(t) for t in tags)
-                if iob1_to_iob2:
-                    tags = convert_iob1_to_iob2(tags)
-                examples.append(TokenExample(tuple(tokens), tags, source, row, 0, "row"))
-        elif task == "sequence":
-            text_col = _pick_text_column(columns, text_column, source)
-            label_col = label_column or "label"
-            if label_col not in columns:
-                raise DataError(f"{source}: no {label_col!r} column (columns: {columns})")
-            feature = ds.features[label_col]
-            names = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else None
-            labels = list(ds[label_col])
-            if names is not None and all(label == -1 for label in labels):
-                # GLUE-style test splits hide their labels as -1: nothing to evaluate on.
-                logger.warning("%s: every label is -1 (hidden); skipping this split", source)
-                continue
-            examples = []
-            for row, (text, label) in enumerate(zip(ds[text_col], labels)):
-                where = f"{source}, row {row}"
-                if not isinstance(text, str) or not text.strip():
-                    raise DataError(f"{where}: empty text in column {text_col!r}")
-                if names is not None:
-                    if not 0 <= label < len(names):
-                        raise DataError(f"{where}: label id {label} outside ClassLabel {list(names)}")
-                    label = names[label]
-                examples.append(SequenceExample(text, _label_str(label, where), source, row,
-                                                "row", names))
-        else:
-            raise ValueError(f"task must be 'token' or 'sequence', got {task!r}")
+        examples = read_rows(ds, source)
+        if examples is None:
+            continue
         if not examples:
             raise DataError(f"{source}: no examples (empty split)")
         out[split] = examples
     return out
 
 
-def load_splits(source: str, task: str, *, iob1_to_iob2: bool = False,
-                text_column: str | None = None, label_column: str | None = None,
-                hub_config: str | None = None,
+def token_examples_from_hf(ds, source: str, *, iob1_to_iob2: bool = False,
+                           label_column: str | None = None) -> list[TokenExample]:
+    """Token examples of one hub split: a `tokens` column and a tag column (ClassLabel ids named)."""
+    import datasets  # imported lazily: only hub sources need it
+
+    columns = list(ds.column_names)
+    tag_col = label_column or next((c for c in TAG_COLUMNS if c in columns), None)
+    if "tokens" not in columns or tag_col not in columns:
+        raise DataError(f"{source}: expected columns 'tokens' and one of "
+                        f"{label_column or TAG_COLUMNS} (columns: {columns})")
+    feature = getattr(ds.features[tag_col], "feature", None)
+    names = feature.names if isinstance(feature, datasets.ClassLabel) else None
+    examples = []
+    for row, (tokens, tags) in enumerate(zip(ds["tokens"], ds[tag_col])):
+        if len(tokens) != len(tags):
+            raise DataError(f"{source}, row {row}: {len(tokens)} tokens but {len(tags)} tags")
+        if not tokens:
+            continue  # some hub copies keep empty document-separator rows
+        tags = tuple(names[t] if names is not None else str(t) for t in tags)
+        if iob1_to_iob2:
+            tags = convert_iob1_to_iob2(tags)
+        examples.append(TokenExample(tuple(tokens), tags, source, row, 0, "row"))
+    return examples
+
+
+def sequence_examples_from_hf(ds, source: str, *, text_column: str | None = None,
+                              label_column: str | None = None) -> list[SequenceExample] | None:
+    """Text/label examples of one hub split (ClassLabel ids named); None when every label is
+    hidden (-1), as GLUE's test splits are."""
+    import datasets
+
+    columns = list(ds.column_names)
+    text_col = _pick_text_column(columns, text_column, source)
+    label_col = label_column or "label"
+    if label_col not in columns:
+        raise DataError(f"{source}: no {label_col!r} column (columns: {columns})")
+    feature = ds.features[label_col]
+    names = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    labels = list(ds[label_col])
+    if names is not None and all(label == -1 for label in labels):
+        # Nothing to evaluate on.
+        logger.warning("%s: every label is -1 (hidden); skipping this split", source)
+        return None
+    examples = []
+    for row, (text, label) in enumerate(zip(ds[text_col], labels)):
+        where = f"{source}, row {row}"
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: empty text in column {text_col!r}")
+        if names is not None:
+            if not 0 <= label < len(names):
+                raise DataError(f"{where}: label id {label} outside ClassLabel {list(names)}")
+            label = names[label]
+        examples.append(SequenceExample(text, _label_str(label, where), source, row, "row", names))
+    return examples
+
+
+def load_splits(source: str, *, extensions: Sequence[str], read_file: Callable[[str], list],
+                read_hub: HubReader, hub_config: str | None = None,
                 splits: Sequence[str] = SPLITS) -> dict[str, list]:
-    """{split: examples} from a local directory of split files, or a hub id via datasets.load_dataset."""
-    if task not in ("token", "sequence"):
-        raise ValueError(f"task must be 'token' or 'sequence', got {task!r}")
-    kwargs = dict(iob1_to_iob2=iob1_to_iob2, text_column=text_column, label_column=label_column)
+    """{split: examples} from a local directory of split files (found by stem among `extensions`,
+    read by `read_file`), or a hub id via datasets.load_dataset (each split read by `read_hub`).
+    The readers are a task's (gptjax/tasks.py: Task.load_splits)."""
     if os.path.isdir(source):
-        return {s: read_split_file(find_split_file(source, s, task), task, **kwargs) for s in splits}
+        return {s: read_file(find_split_file(source, s, extensions)) for s in splits}
     if os.path.exists(source):
         raise DataError(f"{source}: is a file; pass the directory holding train/validation/test files")
     if source.startswith(("/", ".", "~")):
@@ -391,7 +409,7 @@ def load_splits(source: str, task: str, *, iob1_to_iob2: bool = False,
     logger.info("loading %s (config %s) with datasets.load_dataset", source, hub_config)
     dataset_dict = datasets.load_dataset(source, hub_config)
     name = source if hub_config is None else f"{source}/{hub_config}"
-    return splits_from_hf(dataset_dict, task, name=name, splits=splits, **kwargs)
+    return splits_from_hf(dataset_dict, read_hub, name=name, splits=splits)
 
 
 # ----------------------------------------------------------------------------- labels
@@ -416,27 +434,28 @@ class LabelVocab:
         return len(self.names)
 
     @classmethod
-    def from_examples(cls, examples: Sequence, task: str) -> "LabelVocab":
-        """Token task: O first, then sorted (each B-X/I-X completed by its pair). Sequence task:
-        ClassLabel order for hub data, else numeric order for int labels, else sorted."""
-        if task == "token":
-            tags = {tag for ex in examples for tag in ex.tags}
-            # label_all_subwords needs I-X for every B-X, even when no entity in train is longer
-            # than one word; adding the pair keeps the vocabulary a valid IOB2 scheme.
-            for tag in list(tags):
-                if tag[:2] in ("B-", "I-"):
-                    tags.update(("B-" + tag[2:], "I-" + tag[2:]))
-            tags.discard("O")
-            return cls(["O"] + sorted(tags))
-        if task == "sequence":
-            labels = {ex.label for ex in examples}
-            classes = next((ex.classes for ex in examples if ex.classes is not None), None)
-            if classes is not None:
-                return cls(list(classes))
-            if labels and all(_INT_RE.fullmatch(label) for label in labels):
-                return cls(sorted(labels, key=int))
-            return cls(sorted(labels))
-        raise ValueError(f"task must be 'token' or 'sequence', got {task!r}")
+    def from_tags(cls, examples: Sequence[TokenExample]) -> "LabelVocab":
+        """A token task's tags: O first, then sorted (each B-X/I-X completed by its pair)."""
+        tags = {tag for ex in examples for tag in ex.tags}
+        # label_all_subwords needs I-X for every B-X, even when no entity in train is longer
+        # than one word; adding the pair keeps the vocabulary a valid IOB2 scheme.
+        for tag in list(tags):
+            if tag[:2] in ("B-", "I-"):
+                tags.update(("B-" + tag[2:], "I-" + tag[2:]))
+        tags.discard("O")
+        return cls(["O"] + sorted(tags))
+
+    @classmethod
+    def from_classes(cls, examples: Sequence[SequenceExample]) -> "LabelVocab":
+        """A sequence task's classes: ClassLabel order for hub data, else numeric order for int
+        labels, else sorted."""
+        labels = {ex.label for ex in examples}
+        classes = next((ex.classes for ex in examples if ex.classes is not None), None)
+        if classes is not None:
+            return cls(list(classes))
+        if labels and all(_INT_RE.fullmatch(label) for label in labels):
+            return cls(sorted(labels, key=int))
+        return cls(sorted(labels))
 
     def save(self, path: str) -> None:
         """Write the names as JSON: {"names": [...]} (id = position)."""
@@ -496,23 +515,30 @@ def check_iob2(splits: dict[str, list]) -> None:
                        openings["I-"], first_i)
 
 
-def check_labels(splits: dict[str, list], vocab: LabelVocab, task: str,
-                 policy: str = "error") -> dict[str, list]:
-    """Fail (or, for token tasks with policy "map_to_o", map to O) on labels the vocabulary lacks."""
+def _check_policy(policy: str) -> None:
     if policy not in UNKNOWN_LABEL_POLICIES:
         raise ValueError(f"unknown_label must be one of {UNKNOWN_LABEL_POLICIES}, got {policy!r}")
-    if policy == "map_to_o" and task != "token":
+
+
+def check_sequence_labels(splits: dict[str, list], vocab: LabelVocab, policy: str = "error") -> dict[str, list]:
+    """Fails on a class the vocabulary (the training split's) lacks, naming file and line."""
+    _check_policy(policy)
+    if policy == "map_to_o":
         raise ValueError("unknown_label='map_to_o' applies to token tasks only")
+    for examples in splits.values():
+        for ex in examples:
+            if ex.label not in vocab.label2id:
+                raise DataError(f"{ex.where()}: label {ex.label!r} never appears in the "
+                                f"training split (known labels: {vocab.names})")
+    return splits
+
+
+def check_token_labels(splits: dict[str, list], vocab: LabelVocab, policy: str = "error") -> dict[str, list]:
+    """Fails (or, with policy "map_to_o", maps to O) on tags the vocabulary lacks."""
+    _check_policy(policy)
     known = vocab.label2id
     out = {}
     for split, examples in splits.items():
-        if task == "sequence":
-            for ex in examples:
-                if ex.label not in known:
-                    raise DataError(f"{ex.where()}: label {ex.label!r} never appears in the "
-                                    f"training split (known labels: {vocab.names})")
-            out[split] = examples
-            continue
         mapped, first = 0, None
         fixed = []
         for ex in examples:
@@ -543,12 +569,13 @@ def check_labels(splits: dict[str, list], vocab: LabelVocab, task: str,
 
 @dataclass
 class EncodedSplit:
-    """A tokenised split: variable-length id arrays per example, ready for bucketing."""
+    """A tokenised split: variable-length id arrays per example (or per packed block of text),
+    ready for bucketing."""
 
-    task: str
+    per_token: bool  # one label a position (token, causal_lm) or one an example (sequence)
     input_ids: list[np.ndarray]  # per example, int32 [L_i], 1 <= L_i <= max_length
-    labels: list[np.ndarray] | np.ndarray  # token: per example int32 [L_i]; sequence: int32 [N]
-    word_index: list[np.ndarray] | None  # token: per example int32 [L_i]; sequence: None
+    labels: list[np.ndarray] | np.ndarray  # per_token: per example int32 [L_i]; else int32 [N]
+    word_index: list[np.ndarray] | None  # token task: per example int32 [L_i]; else None
     num_truncated: int  # examples longer than max_length, cut on the right
     examples: list  # the source examples, for word-level evaluation and predictions
 
@@ -611,7 +638,7 @@ def encode_token_split(examples: Sequence[TokenExample], tokenizer, vocab: Label
             labels_out.append(labels)
             words_out.append(word_index)
     _warn_truncated(truncated, len(examples), max_length, list(examples))
-    return EncodedSplit("token", ids_out, labels_out, words_out, truncated, list(examples))
+    return EncodedSplit(True, ids_out, labels_out, words_out, truncated, list(examples))
 
 
 def encode_sequence_split(examples: Sequence[SequenceExample], tokenizer, vocab: LabelVocab,
@@ -635,7 +662,7 @@ def encode_sequence_split(examples: Sequence[SequenceExample], tokenizer, vocab:
                 ids = ids[:max_length]
             ids_out.append(ids)
     _warn_truncated(truncated, len(examples), max_length, list(examples))
-    return EncodedSplit("sequence", ids_out, labels, None, truncated, list(examples))
+    return EncodedSplit(False, ids_out, labels, None, truncated, list(examples))
 
 
 # ----------------------------------------------------------------------------- batching
@@ -694,9 +721,9 @@ def make_batch(encoded: EncodedSplit, indices: np.ndarray, length: int, pad_id: 
     B = len(indices)
     input_ids = np.full((B, length), pad_id, dtype=np.int32)
     attention_mask = np.zeros((B, length), dtype=np.int32)
-    token = encoded.task == "token"
-    labels = np.full((B, length) if token else (B,), IGNORE_INDEX, dtype=np.int32)
-    word_index = np.full((B, length), -1, dtype=np.int32) if token else None
+    per_token = encoded.per_token
+    labels = np.full((B, length) if per_token else (B,), IGNORE_INDEX, dtype=np.int32)
+    word_index = None if encoded.word_index is None else np.full((B, length), -1, dtype=np.int32)
     for row, i in enumerate(indices):
         if i < 0:
             continue
@@ -704,14 +731,15 @@ def make_batch(encoded: EncodedSplit, indices: np.ndarray, length: int, pad_id: 
         n = len(ids)
         input_ids[row, :n] = ids
         attention_mask[row, :n] = 1
-        if token:
+        if per_token:
             labels[row, :n] = encoded.labels[i]
-            word_index[row, :n] = encoded.word_index[i]
         else:
             labels[row] = encoded.labels[i]
+        if word_index is not None:
+            word_index[row, :n] = encoded.word_index[i]
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
              "example_index": np.asarray(indices, dtype=np.int32)}
-    if token:
+    if word_index is not None:
         batch["word_index"] = word_index
     return batch
 

@@ -1,4 +1,4 @@
-"""One evaluation module for token and sequence tasks.
+"""One evaluation module for token, sequence and causal-LM tasks.
 
 Training (the per-epoch validation pass), ``--mode=eval`` and the tests all call the same code, so
 a figure in a log, in report.txt and in a test means the same thing.
@@ -7,12 +7,19 @@ a figure in a log, in report.txt and in a test means the same thing.
   ``mode='strict', scheme=IOB2``. The conlleval-compatible figure (seqeval's default mode, which
   also counts spans opened by a stray ``I-`` tag) is reported as ``lenient_f1``, labelled as such.
 - Sequence tasks: accuracy, macro F1, Matthews correlation and per-class scores (scikit-learn).
+- Causal LM: ``loss``, the mean negative log-likelihood of every labelled token (token-weighted:
+  the sum over the split's tokens over their number, each token once), and ``perplexity``, its
+  exponential; for prompt/completion data also ``exact_match`` of the model's completions, when a
+  function that writes them is given (generation lives elsewhere: gptjax/train.py's
+  completions_fn is where it is connected).
 
 Gold truth always comes from the split's examples, never from the batch labels: an example whose
 words were cut off by ``max_length`` keeps all its gold tags, and the words that got no prediction
 count as predicted ``O``, so truncation lowers recall honestly instead of being hidden.
 
-Everything here is host-side numpy / Python; the only device work is inside ``predict_fn``.
+Everything here is host-side numpy / Python; the only device work is inside ``predict_fn``
+(or ``nll_fn``). Which evaluator, summary and primary metric a task uses is its entry in
+gptjax/tasks.py.
 """
 
 from __future__ import annotations
@@ -31,17 +38,17 @@ from sklearn.exceptions import UndefinedMetricWarning
 __all__ = [
     "token_metrics",
     "sequence_metrics",
+    "lm_metrics",
     "TokenEvaluator",
     "SequenceEvaluator",
-    "make_evaluator",
-    "primary_metric",
+    "CausalLMEvaluator",
     "format_report",
 ]
 
 Batch = dict[str, np.ndarray]
 PredictFn = Callable[[Batch], Any]
-
-TASKS = ("token", "sequence")
+NllFn = Callable[[Batch], tuple[Any, Any]]  # batch -> (per-row NLL sums [B], per-row token counts [B])
+CompletionsFn = Callable[[list[str]], list[str]]  # prompts -> the model's completions (text)
 # What a word with no prediction (cut off by max_length) is taken to be.
 _OUTSIDE = "O"
 # Rows seqeval / sklearn add to a classification report that are not classes.
@@ -325,55 +332,91 @@ class SequenceEvaluator:
         return sequence_metrics(self.gold, self.predict(predict_fn, batches), self.id2label)
 
 
+class CausalLMEvaluator:
+    """Scores a causal LM on one split: :func:`lm_metrics` from per-row NLL sums, each row once;
+    with prompt/completion pairs and a ``completions_fn``, also ``exact_match``."""
+
+    def __init__(self, num_rows: int, pairs: Sequence[tuple[str, str]] | None = None,
+                 completions_fn: CompletionsFn | None = None):
+        """``num_rows``: the split's encoded rows (packed blocks, or one a pair); ``pairs``: the
+        (prompt, completion) of each row, for prompt/completion data."""
+        self.num_rows = num_rows
+        self.pairs = list(pairs) if pairs is not None else None
+        self.completions_fn = completions_fn
+
+    def run(self, nll_fn: NllFn, batches: Iterable[Batch]) -> dict:
+        nll_sum, num_tokens = 0.0, 0
+        seen = np.zeros(self.num_rows, np.int8)
+        for batch in batches:
+            sums, counts = (np.asarray(x) for x in nll_fn(batch))
+            for row, ex in _rows(batch, sums, self.num_rows):
+                _mark_seen(seen, ex)
+                nll_sum += float(sums[row])  # summed in float64 on the host: no float32 drift
+                num_tokens += int(counts[row])
+        _check_all_seen(seen)
+        metrics = lm_metrics(nll_sum, num_tokens)
+        metrics["num_examples"] = self.num_rows
+        if self.pairs is not None and self.completions_fn is not None:
+            metrics["exact_match"] = exact_match([c for _, c in self.pairs],
+                                                 self.completions_fn([p for p, _ in self.pairs]))
+        return metrics
+
+
+def lm_metrics(nll_sum: float, num_tokens: int) -> dict:
+    """``loss`` (mean NLL a token, nats), ``perplexity`` (exp of it) and ``tokens`` (how many
+    were scored)."""
+    if num_tokens <= 0:
+        raise ValueError("no labelled tokens to evaluate")
+    loss = nll_sum / num_tokens
+    return {"loss": float(loss), "perplexity": float(np.exp(loss)), "tokens": int(num_tokens)}
+
+
+def exact_match(gold: Sequence[str], predicted: Sequence[str]) -> float:
+    """The fraction of completions equal to the gold one, surrounding whitespace aside."""
+    if len(gold) != len(predicted):
+        raise ValueError(f"{len(gold)} prompts but {len(predicted)} completions")
+    return float(np.mean([g.strip() == p.strip() for g, p in zip(gold, predicted)])) if gold else 0.0
+
+
 # ---------------------------------------------------------------------------------------------
-# Glue for train.py / run.py
+# report.txt
 # ---------------------------------------------------------------------------------------------
 
 
-def make_evaluator(
-    task: str, examples: Sequence[Any], id2label: Sequence[str]
-) -> TokenEvaluator | SequenceEvaluator:
-    """The evaluator for ``task`` ("token" or "sequence") over one split's examples."""
-    if task == "token":
-        return TokenEvaluator(examples, id2label)
-    if task == "sequence":
-        return SequenceEvaluator(examples, id2label)
-    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+def token_summary(metrics: dict) -> list[str]:
+    lines = [
+        "entity precision / recall / F1 (seqeval strict, IOB2): "
+        f"{metrics['precision']:.4f} / {metrics['recall']:.4f} / {metrics['f1']:.4f}",
+        f"lenient entity F1 (conlleval-style, seqeval default mode): {metrics['lenient_f1']:.4f}",
+        f"token accuracy (over words): {metrics['accuracy']:.4f}",
+    ]
+    if "truncated_words" in metrics:
+        lines.append(f"words beyond max_length (scored as O): {metrics['truncated_words']}")
+    return lines + ["per-type report (seqeval strict, IOB2):"]
 
 
-def primary_metric(task: str) -> str:
-    """The metric key early stopping and best-model selection maximise: ``"f1"`` for both tasks.
-
-    Token tasks: strict IOB2 entity F1, the headline NER figure. Sequence tasks: macro F1, which,
-    unlike accuracy, does not reward predicting the majority class on an imbalanced split.
-    Higher is better in both cases.
-    """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    return "f1"
+def sequence_summary(metrics: dict) -> list[str]:
+    return [
+        f"accuracy: {metrics['accuracy']:.4f}",
+        f"macro F1: {metrics['f1']:.4f}",
+        f"Matthews correlation: {metrics['mcc']:.4f}",
+        "per-class report:",
+    ]
 
 
-def format_report(name: str, metrics: dict) -> str:
-    """The report.txt section for one split: headline figures, then the per-class report."""
-    lines = [f"== {name} ==", f"examples: {metrics['num_examples']}"]
-    if "lenient_f1" in metrics:  # token task
-        lines += [
-            "entity precision / recall / F1 (seqeval strict, IOB2): "
-            f"{metrics['precision']:.4f} / {metrics['recall']:.4f} / {metrics['f1']:.4f}",
-            f"lenient entity F1 (conlleval-style, seqeval default mode): "
-            f"{metrics['lenient_f1']:.4f}",
-            f"token accuracy (over words): {metrics['accuracy']:.4f}",
-        ]
-        if "truncated_words" in metrics:
-            lines.append(
-                f"words beyond max_length (scored as O): {metrics['truncated_words']}"
-            )
-        lines.append("per-type report (seqeval strict, IOB2):")
-    else:
-        lines += [
-            f"accuracy: {metrics['accuracy']:.4f}",
-            f"macro F1: {metrics['f1']:.4f}",
-            f"Matthews correlation: {metrics['mcc']:.4f}",
-            "per-class report:",
-        ]
-    return "\n".join(lines) + "\n\n" + metrics["report"].rstrip("\n") + "\n"
+def lm_summary(metrics: dict) -> list[str]:
+    lines = [f"loss (mean NLL a token, nats): {metrics['loss']:.4f} over {metrics['tokens']} tokens",
+             f"perplexity: {metrics['perplexity']:.4f}"]
+    if "exact_match" in metrics:
+        lines.append(f"exact match of the completions: {metrics['exact_match']:.4f}")
+    return lines
+
+
+def format_report(name: str, metrics: dict, summary: Callable[[dict], list[str]]) -> str:
+    """The report.txt section for one split: the task's headline figures (``summary``, one of the
+    above), then the per-class report when there is one."""
+    lines = [f"== {name} ==", f"examples: {metrics['num_examples']}", *summary(metrics)]
+    text = "\n".join(lines) + "\n"
+    if metrics.get("report"):
+        text += "\n" + metrics["report"].rstrip("\n") + "\n"
+    return text

@@ -1,6 +1,7 @@
 """From a config to what training needs: the data, its label vocabulary, a tokenizer and a model.
 
 Data flows one way: config -> (splits, labels, tokenizer) -> encoded splits + model -> train.py.
+How each step goes for the config's task is that task's entry in gptjax/tasks.py.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ log = logging.getLogger("gptjax")
 OFFLINE_HINT = (
     "Without the Hugging Face Hub, point --config.model.name_or_path at a local directory with "
     "config.json and model.safetensors (and tokenizer files), --config.data.source at a directory "
-    "with train/validation/test files (CoNLL columns or JSONL), or run --config=demo, which needs "
-    "no download."
+    "with train/validation/test files, or run --config=demo or --config=lm_demo, which need no "
+    "download."
 )
 
 
@@ -64,7 +65,7 @@ def use_cache_only_if_hub_unreachable(timeout: float = 3.0) -> None:
 @dataclasses.dataclass
 class Experiment:
     config: Any
-    task: str
+    task: tasks.Task
     vocab: data.LabelVocab
     tokenizer: Any
     encoded: dict[str, data.EncodedSplit]
@@ -82,22 +83,16 @@ def load_data(config, names=None) -> dict[str, list]:
     if source is None:
         raise ConfigError("data.source is not set: a hub dataset id, a local directory, or 'synthetic'")
     if source == "synthetic":
-        # Written out as CoNLL files (the same on every process: it is made from a seed), so the
-        # demo runs through the same reader as real data.
+        task = tasks.get(config.task)
+        if task.synthetic is None:
+            have = ", ".join(t.name for t in tasks.TASKS.values() if t.synthetic is not None)
+            raise ConfigError(f"data.source='synthetic': there is no synthetic corpus for task={task.name!r} ({have} have one)")
+        # Written out as split files (the same on every process: it is made from a seed), so the
+        # demos run through the same reader as real data.
         with tempfile.TemporaryDirectory() as directory:
-            corpus = synthetic.make_ner_corpus(seed=cfg.synthetic_seed, sizes=tuple(cfg.synthetic_sizes))
-            synthetic.write_corpus(corpus, directory)
+            task.synthetic(cfg.synthetic_seed, tuple(cfg.synthetic_sizes), directory)
             return _load_splits(config, directory, names)
     return _load_splits(config, source, names)
-
-
-def checked(config, splits: dict[str, list]) -> dict[str, list]:
-    """Labels named (data.label_names) and checked against the task's scheme, before any training."""
-    if config.data.label_names:
-        splits = data.name_labels(splits, tuple(config.data.label_names))
-    if config.task == "token":
-        data.check_iob2(splits)
-    return splits
 
 
 def _load_splits(config, source: str, names) -> dict[str, list]:
@@ -106,16 +101,14 @@ def _load_splits(config, source: str, names) -> dict[str, list]:
         raise ConfigError(f"data.test_split={cfg.test_split!r}: choose 'test' or 'validation'")
     if names is None:
         names = ("train", "validation", "test") if cfg.test_split == "test" else ("train", "validation")
+    task = tasks.get(config.task)
     try:
-        splits = data.load_splits(
-            source, config.task, iob1_to_iob2=cfg.iob1_to_iob2, text_column=cfg.text_column,
-            label_column=cfg.label_column, hub_config=cfg.hub_config, splits=names,
-        )
+        splits = task.load_splits(source, cfg, names)
     except data.DataError:
         raise
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds when the hub is out of reach
         raise SetupError(f"data.source={source!r}: could not load it ({type(e).__name__}: {e}).\n{OFFLINE_HINT}") from e
-    splits = checked(config, splits)
+    splits = task.check(splits, cfg)  # labels named and checked against the task's scheme, before training
     if "validation" in splits:
         splits.setdefault("test", splits["validation"])
     return splits
@@ -124,15 +117,14 @@ def _load_splits(config, source: str, names) -> dict[str, list]:
 def load_tokenizer(config, train_examples, model_dir: Path | None):
     """The tokenizer: trained on the train split, named in the config, or the checkpoint's own."""
     cfg = config.tokenizer
+    task = tasks.get(config.task)
     if cfg.name_or_path == "train":
-        texts = synthetic.corpus_texts(train_examples) if config.task == "token" else [ex.text for ex in train_examples]
-        return synthetic.train_tokenizer(texts, vocab_size=cfg.vocab_size)
+        return synthetic.train_tokenizer(task.texts(train_examples), cfg.vocab_size, task.prefix_space)
     from transformers import AutoTokenizer
 
     name = cfg.name_or_path or str(model_dir or config.model.name_or_path)
     try:
-        # add_prefix_space: words arrive pre-split, and GPT-2 encodes a word differently without one.
-        return AutoTokenizer.from_pretrained(name, add_prefix_space=True)
+        return AutoTokenizer.from_pretrained(name, add_prefix_space=task.prefix_space)
     except Exception as e:  # noqa: BLE001
         raise SetupError(f"tokenizer {name!r}: could not load it ({type(e).__name__}: {e}).\n{OFFLINE_HINT}") from e
 
@@ -176,16 +168,10 @@ def checkpoint_dir(config) -> Path | None:
         raise SetupError(f"model.name_or_path: {e}\n{OFFLINE_HINT}") from e
 
 
-def encode_split(config, task: str, examples, tokenizer, vocab) -> data.EncodedSplit:
-    """One split's examples tokenised, with labels aligned, as training and evaluation read them."""
-    cfg = config.data
-    if task == "token":
-        return data.encode_token_split(examples, tokenizer, vocab, cfg.max_length, cfg.label_all_subwords)
-    return data.encode_sequence_split(examples, tokenizer, vocab, cfg.max_length)
-
-
 def encode(config, splits, tokenizer, vocab) -> dict[str, data.EncodedSplit]:
-    return {name: encode_split(config, config.task, examples, tokenizer, vocab) for name, examples in splits.items()}
+    """Every split tokenised, with labels aligned, as training and evaluation read them."""
+    task = tasks.get(config.task)
+    return {name: task.encode(examples, tokenizer, vocab, config.data) for name, examples in splits.items()}
 
 
 def prepare(config, workdir) -> Experiment:
@@ -198,6 +184,7 @@ def prepare(config, workdir) -> Experiment:
     """
     task = tasks.get(config.task)
     peft.check_config(config)
+    task.check_config(config)
     saved = None
     if config.checkpoint.resume and artifact.is_run(workdir):
         saved = wd.read_json(workdir / artifact.RUN_FILE, "run record")
@@ -211,10 +198,10 @@ def prepare(config, workdir) -> Experiment:
     fingerprint = artifact.data_fingerprint(splits)
     if saved is not None:
         artifact.check_same_data(saved["data"], fingerprint, workdir)
-    vocab = data.LabelVocab.from_examples(splits["train"], task.name)
-    splits = data.check_labels(splits, vocab, task.name, policy=config.data.unknown_label)
+    vocab = task.vocab(splits["train"])
+    splits = task.check_labels(splits, vocab, config.data.unknown_label)
     if saved is not None and config.tokenizer.name_or_path == "train":
-        tokenizer = artifact.load_tokenizer(workdir / artifact.TOKENIZER_DIR)
+        tokenizer = artifact.load_tokenizer(workdir / artifact.TOKENIZER_DIR, task.prefix_space)
     else:
         tokenizer = load_tokenizer(config, splits["train"], pretrained)
     if saved is not None and artifact.tokenizer_fingerprint(tokenizer) != saved["tokenizer"]:
@@ -225,7 +212,6 @@ def prepare(config, workdir) -> Experiment:
         raise ConfigError(f"data.max_length={config.data.max_length} exceeds the model's n_positions={model.config.n_positions}")
     encoded = encode(config, splits, tokenizer, vocab)
     for name, split in encoded.items():
-        log.info("%s: %d examples, %d truncated to %d tokens", name, len(split), split.num_truncated, config.data.max_length)
+        log.info("%s: %d rows, %d truncated to %d tokens", name, len(split), split.num_truncated, config.data.max_length)
     buckets = data.make_buckets(config.data.max_length, tuple(config.data.buckets))
-    return Experiment(config, task.name, vocab, tokenizer, encoded, buckets, data.pad_token_id(tokenizer), model,
-                      fingerprint)
+    return Experiment(config, task, vocab, tokenizer, encoded, buckets, data.pad_token_id(tokenizer), model, fingerprint)

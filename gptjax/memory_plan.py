@@ -82,7 +82,7 @@ def xla_memory(config: GPT2Config, *, head: str, num_labels: int | None, batch: 
     graphdef, params = nnx.split(model)
     tx, _ = make_optimizer(base_config().train, 10)
     state = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), params)
-    labels_shape = (batch, length) if head == "token_classification" else (batch,)
+    labels_shape = (batch,) if head == "sequence_classification" else (batch, length)
     batch_shapes = {
         "input_ids": jax.ShapeDtypeStruct((batch, length), jnp.int32),
         "attention_mask": jax.ShapeDtypeStruct((batch, length), jnp.int32),

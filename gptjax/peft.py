@@ -254,8 +254,9 @@ def partition(config, model: GPT2) -> Partition:
     if config.lora.rank:
         return Partition("lora")
     if config.train.freeze == "head_only":
-        if model.head not in ("token_classification", "sequence_classification"):
-            raise ConfigError(f"train.freeze='head_only' needs a task head; the model's head is {model.head!r}")
+        if not any(hasattr(model, name) for name in HEAD_MODULES):
+            raise ConfigError(f"train.freeze='head_only' needs a head of its own ({' or '.join(HEAD_MODULES)}); the "
+                              f"model's {model.head!r} head is the token embedding (wte, tied)")
         return Partition("head_only")
     if config.train.freeze == "top_k":
         return Partition("top_k", model.config.n_layer - config.train.trainable_blocks)

@@ -98,7 +98,8 @@ def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
 
 @dataclasses.dataclass
 class Predictor:
-    """A trained model (gptjax/artifact.py's Trained) with what it needs to read text."""
+    """A trained model (gptjax/artifact.py's Trained) with what it needs to read text. What it
+    writes for a line is its task's (gptjax/tasks.py: Task.predict, one of the functions below)."""
 
     trained: Any
 
@@ -107,28 +108,31 @@ class Predictor:
 
         t = self.trained
         self.task, self.labels, self.tokenizer, self.steps = t.task, t.labels, t.tokenizer, t.steps
+        if self.task.predict is None:
+            raise ConfigError(f"a Predictor does not apply to a {self.task.name} model: it writes text "
+                              "(--mode=predict and --mode=generate continue each line with gptjax/text_generation.py)")
         self.max_length = t.config.data.max_length
         self.buckets = data.make_buckets(self.max_length, tuple(t.config.data.buckets))
         self.batch_size = t.config.train.eval_batch_size
         self.pad_id = data.pad_token_id(self.tokenizer)
         self.vocab = data.LabelVocab(self.labels)
         self.num_truncated = 0  # lines cut at max_length so far
-        # Token tasks: the step evaluation uses; sequence tasks also want the probabilities.
-        self.step = make_predict_step(self.steps.graphdef, self.steps.partition, probabilities=self.task == "sequence")
+        # The class ids evaluation uses, and the same with the softmax beside them; jit compiles
+        # only the one the task calls.
+        self.ids_step = make_predict_step(self.steps.graphdef, self.steps.partition)
+        self.probabilities_step = make_predict_step(self.steps.graphdef, self.steps.partition, probabilities=True)
 
-    def _run(self, batch):
+    def run(self, batch, probabilities: bool = False):
         s = self.steps
+        step = self.probabilities_step if probabilities else self.ids_step
         with jax.set_mesh(s.mesh):
-            return jax.device_get(self.step(s.params, sharding.put_batch(batch, s.mesh), s.frozen))
+            return jax.device_get(step(s.params, sharding.put_batch(batch, s.mesh), s.frozen))
 
     def predict(self, lines: list[str], numbers: list[int] | None = None) -> list[dict]:
         """One output object per line (see the module docstring)."""
-        numbers = numbers or list(range(1, len(lines) + 1))
-        if self.task == "token":
-            return self._predict_tokens(lines, numbers)
-        return self._predict_sequences(lines, numbers)
+        return self.task.predict(self, lines, numbers or list(range(1, len(lines) + 1)))
 
-    def _truncate(self, encoded: data.EncodedSplit, numbers: list[int]) -> tuple[data.EncodedSplit, list[bool]]:
+    def truncate(self, encoded: data.EncodedSplit, numbers: list[int]) -> tuple[data.EncodedSplit, list[bool]]:
         """Cuts examples to max_length as encoding for training does, but knowing which were cut."""
         cut = [len(ids) > self.max_length for ids in encoded.input_ids]
         for n, flag in zip(numbers, cut):
@@ -138,57 +142,12 @@ class Predictor:
                     log.warning("line %d: longer than data.max_length=%d tokens; cut there (its output says "
                                 "truncated)", n, self.max_length)
         trim = lambda arrays: None if arrays is None else [a[: self.max_length] for a in arrays]  # noqa: E731
-        labels = trim(encoded.labels) if encoded.task == "token" else encoded.labels
-        return data.EncodedSplit(encoded.task, trim(encoded.input_ids), labels, trim(encoded.word_index), sum(cut),
-                                 encoded.examples), cut
+        labels = trim(encoded.labels) if encoded.per_token else encoded.labels
+        return data.EncodedSplit(encoded.per_token, trim(encoded.input_ids), labels, trim(encoded.word_index),
+                                 sum(cut), encoded.examples), cut
 
-    def _batches(self, encoded):
+    def batches(self, encoded):
         return data.epoch_batches(encoded, self.batch_size, buckets=self.buckets, pad_id=self.pad_id)
-
-    def _predict_tokens(self, lines, numbers):
-        words = [split_words(line) for line in lines]
-        kept = [i for i, w in enumerate(words) if w]
-        filler = "O" if "O" in self.vocab.label2id else self.labels[0]  # encoding wants some gold tag
-        examples = [data.TokenExample(tuple(w for w, _, _ in words[i]), (filler,) * len(words[i])) for i in kept]
-        encoded = data.encode_token_split(examples, self.tokenizer, self.vocab, max_length=2**62)
-        encoded, cut = self._truncate(encoded, [numbers[i] for i in kept])
-        tags = evaluation.TokenEvaluator(examples, self.labels).predict(self._run, self._batches(encoded)) if kept else []
-        out = [{"line": n, "text": line, "words": [], "offsets": [], "tags": [], "truncated": False}
-               for n, line in zip(numbers, lines)]
-        iob2 = is_iob2(self.labels)
-        for k, i in enumerate(kept):
-            line, spans = lines[i], words[i]
-            record = out[i]
-            record.update(words=[w for w, _, _ in spans], offsets=[[s, e] for _, s, e in spans], tags=tags[k],
-                          truncated=cut[k])
-            if iob2:
-                record["entities"] = [
-                    {"text": line[spans[a][1]:spans[b - 1][2]], "type": kind, "start": spans[a][1], "end": spans[b - 1][2]}
-                    for kind, a, b in entity_spans(tags[k])
-                ]
-        if iob2:
-            for record in out:
-                record.setdefault("entities", [])
-        return out
-
-    def _predict_sequences(self, lines, numbers):
-        kept = [i for i, line in enumerate(lines) if line.strip()]
-        examples = [data.SequenceExample(lines[i], self.labels[0]) for i in kept]
-        encoded = data.encode_sequence_split(examples, self.tokenizer, self.vocab, max_length=2**62)
-        encoded, cut = self._truncate(encoded, [numbers[i] for i in kept])
-        ids = np.full(len(kept), -1, np.int64)
-        probs = np.zeros((len(kept), len(self.labels)), np.float32)
-        for batch in self._batches(encoded) if kept else []:
-            batch_ids, batch_probs = self._run(batch)
-            rows = batch["example_index"] >= 0
-            ids[batch["example_index"][rows]] = batch_ids[rows]
-            probs[batch["example_index"][rows]] = batch_probs[rows]
-        out = [{"line": n, "text": line, "label": None, "probabilities": None, "truncated": False}
-               for n, line in zip(numbers, lines)]
-        for k, i in enumerate(kept):
-            out[i].update(label=self.labels[ids[k]], truncated=cut[k],
-                          probabilities={name: float(p) for name, p in zip(self.labels, probs[k])})
-        return out
 
     def summary(self, count: int) -> str:
         return f"predicted {count} lines; {self.num_truncated} longer than data.max_length={self.max_length} tokens were cut"
@@ -203,6 +162,57 @@ class Predictor:
                 chunk = []
         if chunk:
             yield from self.predict([t for _, t in chunk], [n for n, _ in chunk])
+
+
+def predict_tags(predictor: Predictor, lines: list[str], numbers: list[int]) -> list[dict]:
+    """A token task's output: words, offsets, tags and entities for each line."""
+    p = predictor
+    words = [split_words(line) for line in lines]
+    kept = [i for i, w in enumerate(words) if w]
+    filler = "O" if "O" in p.vocab.label2id else p.labels[0]  # encoding wants some gold tag
+    examples = [data.TokenExample(tuple(w for w, _, _ in words[i]), (filler,) * len(words[i])) for i in kept]
+    encoded = data.encode_token_split(examples, p.tokenizer, p.vocab, max_length=2**62)
+    encoded, cut = p.truncate(encoded, [numbers[i] for i in kept])
+    tags = evaluation.TokenEvaluator(examples, p.labels).predict(p.run, p.batches(encoded)) if kept else []
+    out = [{"line": n, "text": line, "words": [], "offsets": [], "tags": [], "truncated": False}
+           for n, line in zip(numbers, lines)]
+    iob2 = is_iob2(p.labels)
+    for k, i in enumerate(kept):
+        line, spans = lines[i], words[i]
+        record = out[i]
+        record.update(words=[w for w, _, _ in spans], offsets=[[s, e] for _, s, e in spans], tags=tags[k],
+                      truncated=cut[k])
+        if iob2:
+            record["entities"] = [
+                {"text": line[spans[a][1]:spans[b - 1][2]], "type": kind, "start": spans[a][1], "end": spans[b - 1][2]}
+                for kind, a, b in entity_spans(tags[k])
+            ]
+    if iob2:
+        for record in out:
+            record.setdefault("entities", [])
+    return out
+
+
+def predict_label(predictor: Predictor, lines: list[str], numbers: list[int]) -> list[dict]:
+    """A sequence task's output: each line's class and the probabilities of all of them."""
+    p = predictor
+    kept = [i for i, line in enumerate(lines) if line.strip()]
+    examples = [data.SequenceExample(lines[i], p.labels[0]) for i in kept]
+    encoded = data.encode_sequence_split(examples, p.tokenizer, p.vocab, max_length=2**62)
+    encoded, cut = p.truncate(encoded, [numbers[i] for i in kept])
+    ids = np.full(len(kept), -1, np.int64)
+    probs = np.zeros((len(kept), len(p.labels)), np.float32)
+    for batch in p.batches(encoded) if kept else []:
+        batch_ids, batch_probs = p.run(batch, probabilities=True)
+        rows = batch["example_index"] >= 0
+        ids[batch["example_index"][rows]] = batch_ids[rows]
+        probs[batch["example_index"][rows]] = batch_probs[rows]
+    out = [{"line": n, "text": line, "label": None, "probabilities": None, "truncated": False}
+           for n, line in zip(numbers, lines)]
+    for k, i in enumerate(kept):
+        out[i].update(label=p.labels[ids[k]], truncated=cut[k],
+                      probabilities={name: float(q) for name, q in zip(p.labels, probs[k])})
+    return out
 
 
 def run(predictor, input_path: str | None = None, output_path: str | None = None,

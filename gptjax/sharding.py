@@ -182,13 +182,14 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     }
 
 
-def to_host(x) -> np.ndarray:
-    """A global array, whole, on every host (gathering across processes when there are several)."""
+def to_host(x):
+    """A global array (or a tuple or other pytree of them), whole, on every host (gathering across
+    processes when there are several), as numpy."""
     if jax.process_count() == 1:
-        return np.asarray(x)
+        return jax.tree.map(np.asarray, x)
     from jax.experimental import multihost_utils
 
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(x, tiled=True))
 
 
 def maybe_initialize_distributed(coordinator_address=None, num_processes=None, process_id=None) -> None:

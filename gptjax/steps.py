@@ -74,11 +74,19 @@ def make_optimizer(train_cfg, total_steps: int) -> tuple[optax.GradientTransform
 # The steps
 
 
-def masked_cross_entropy(logits, labels):
-    """(sum of the cross-entropy over labelled positions, their count); -100 counts in neither."""
+def token_nll(logits, labels):
+    """(the cross-entropy at each labelled position, 0 elsewhere; the labelled positions): -100
+    labels count in neither. Same shape as labels ([B, T], or [B] for a sequence task)."""
     valid = labels != IGNORE_INDEX
     losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.where(valid, labels, 0))
-    return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(valid)
+    return jnp.where(valid, losses, 0.0), valid
+
+
+def masked_cross_entropy(logits, labels):
+    """(sum of the cross-entropy over labelled positions, their count); -100 counts in neither.
+    Every task's loss: a causal LM's labels are already the next tokens (gptjax/lm_data.py)."""
+    losses, valid = token_nll(logits, labels)
+    return jnp.sum(losses), jnp.sum(valid)
 
 
 def make_train_step(graphdef, tx, *, seed: int, grad_accum_steps: int = 1, partition: peft.Partition = peft.FULL,
@@ -138,6 +146,19 @@ def make_predict_step(graphdef, partition: peft.Partition = peft.FULL, *, probab
     return jax.jit(predict)
 
 
+def make_nll_step(graphdef, partition: peft.Partition = peft.FULL):
+    """nll(params, batch, frozen=None) -> (NLL summed over each row's labelled positions [B]
+    float32, their number [B] int32): what a causal LM's loss and perplexity are computed from,
+    each row kept apart so the evaluator counts every row once and skips padding rows."""
+
+    def nll(params, batch, frozen=None):
+        logits = nnx.merge(graphdef, partition.merge(params, frozen))(batch["input_ids"], batch["attention_mask"])
+        losses, valid = token_nll(logits, batch["labels"])
+        return jnp.sum(losses, axis=-1), jnp.sum(valid, axis=-1, dtype=jnp.int32)
+
+    return jax.jit(nll)
+
+
 def place_params(model, mesh):
     """(graphdef, parameters on the mesh): the model split into structure and arrays, each array
     sharded by its logical axes (sharding.RULES)."""
@@ -179,6 +200,7 @@ class Steps:
     mesh: Any
     frozen: Any  # the parameters that do not train (partition.split's second half)
     predict_step: Any
+    nll_step: Any  # make_nll_step's; jit compiles it only if it is called
     state: TrainState | None = None
     train_step: Any = None
     schedule: optax.Schedule | None = None
@@ -196,8 +218,14 @@ class Steps:
         return metrics
 
     def predict(self, batch, params=None):
+        """Argmax class ids of a batch on the mesh (a classification task's evaluation)."""
         with jax.set_mesh(self.mesh):
             return self.predict_step(self.params if params is None else params, batch, self.frozen)
+
+    def nll(self, batch, params=None):
+        """Per-row NLL sums and labelled-token counts of a batch on the mesh (a causal LM's)."""
+        with jax.set_mesh(self.mesh):
+            return self.nll_step(self.params if params is None else params, batch, self.frozen)
 
     def whole_params(self, params=None):
         """The whole model's parameters (trainable and frozen merged)."""
@@ -230,10 +258,10 @@ def build_steps(config, model, mesh, total_steps: int | None = None, *, probabil
     train_step = make_train_step(graphdef, tx, seed=config.train.seed, grad_accum_steps=config.train.grad_accum_steps,
                                  partition=partition, state_sharding=jax.tree.map(lambda x: x.sharding, state))
     return Steps(graphdef, partition, mesh, frozen, make_predict_step(graphdef, partition, probabilities=probabilities),
-                 state=state, train_step=train_step, schedule=schedule)
+                 make_nll_step(graphdef, partition), state=state, train_step=train_step, schedule=schedule)
 
 
 def inference_steps(graphdef, partition, mesh, trainable, frozen, *, probabilities: bool = False) -> Steps:
     """Parameters already on the mesh with the predict step evaluation and prediction share."""
     return Steps(graphdef, partition, mesh, frozen, make_predict_step(graphdef, partition, probabilities=probabilities),
-                 trainable=trainable)
+                 make_nll_step(graphdef, partition), trainable=trainable)

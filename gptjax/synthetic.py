@@ -1,7 +1,8 @@
-"""A deterministic synthetic NER corpus and an on-the-fly GPT-2-style tokenizer.
+"""Deterministic synthetic corpora (NER, and plain text for causal LM) and an on-the-fly
+GPT-2-style tokenizer.
 
-The offline `demo` config trains on this: no download, yet a real CoNLL directory and a real
-byte-level BPE tokenizer go through the normal code paths.
+The offline `demo` and `lm_demo` configs train on these: no download, yet real split files (CoNLL
+columns, or plain text) and a real byte-level BPE tokenizer go through the normal code paths.
 
 GPT-2 is causal: a word's tag can only depend on the words before it. So every entity slot
 follows a cue that tells its type ("Shares of", "arrived in", "Minister"), and validation/test
@@ -216,14 +217,14 @@ def corpus_texts(examples: Iterable[TokenExample]) -> list[str]:
     return [" ".join(ex.tokens) for ex in examples]
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000):
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, add_prefix_space: bool = True):
     """A GPT-2-style byte-level BPE tokenizer trained on `texts` (deterministic), as a
-    transformers GPT2Tokenizer (a PreTrainedTokenizerFast) with add_prefix_space=True."""
+    transformers GPT2Tokenizer (a PreTrainedTokenizerFast)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Tokenizer
 
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -238,6 +239,64 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000):
     # Rebuilding through GPT2Tokenizer gives the GPT-2 configuration (byte-level pre-tokenizer
     # and decoder, no special tokens added) and a tokenizer_config.json that AutoTokenizer
     # loads back as the same class.
-    return GPT2Tokenizer(vocab=model["vocab"], merges=merges, add_prefix_space=True,
+    return GPT2Tokenizer(vocab=model["vocab"], merges=merges, add_prefix_space=add_prefix_space,
                          unk_token=EOS, bos_token=EOS, eos_token=EOS, pad_token=EOS,
                          model_max_length=1024)
+
+
+# ---------------------------------------------------------------------------------------------
+# A text corpus for causal LM (the lm_demo config)
+#
+# Each document (one a line) states a regularity a small GPT-2 can learn: what follows a
+# weekday, a month or a number word; counting on from one; the capital of a country; and copying
+# a random list of words. Only the first item of each document (and the words to be copied) is
+# random, so a model that has learnt the rules predicts most tokens almost surely, and its
+# perplexity falls far below that of a unigram model of the same text.
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+MONTH_NAMES = ("january", "february", "march", "april", "may", "june", "july", "august", "september",
+               "october", "november", "december")
+NUMBER_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+                "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty")
+CYCLES = {"day": WEEKDAYS, "month": MONTH_NAMES, "number": NUMBER_WORDS}
+CAPITALS = (("france", "paris"), ("germany", "berlin"), ("italy", "rome"), ("spain", "madrid"),
+            ("japan", "tokyo"), ("egypt", "cairo"), ("peru", "lima"), ("kenya", "nairobi"),
+            ("norway", "oslo"), ("greece", "athens"), ("cuba", "havana"), ("chile", "santiago"))
+COPY_WORDS = ("cat", "dog", "red", "blue", "tree", "house", "river", "stone", "bird", "green", "apple", "chair",
+              "cloud", "lamp", "fish", "road", "star", "book", "door", "milk")
+
+
+def make_lm_document(rng: np.random.Generator) -> str:
+    """One document of one of the corpus's kinds, e.g. 'count the months from may : may june july .'"""
+    kind = int(rng.integers(4))
+    if kind == 0:  # a successor
+        name, items = list(CYCLES.items())[rng.integers(len(CYCLES))]
+        i = int(rng.integers(len(items)))
+        return f"the {name} after {items[i]} is {items[(i + 1) % len(items)]} ."
+    if kind == 1:  # counting on
+        name, items = list(CYCLES.items())[rng.integers(len(CYCLES))]
+        i, n = int(rng.integers(len(items))), 3 + int(rng.integers(4))
+        return f"count the {name}s from {items[i]} : " + " ".join(items[(i + k) % len(items)] for k in range(n)) + " ."
+    if kind == 2:  # a fact
+        country, city = CAPITALS[rng.integers(len(CAPITALS))]
+        return f"the capital of {country} is {city} ."
+    words = " ".join(COPY_WORDS[j] for j in rng.integers(len(COPY_WORDS), size=3 + int(rng.integers(3))))
+    return f"copy {words} : {words} ."
+
+
+def make_lm_corpus(seed: int = 0, sizes: Sequence[int] = (2000, 400, 400)) -> dict[str, list[str]]:
+    """{"train", "validation", "test"}: deterministic documents, sizes[i] of them in split i."""
+    corpus = {}
+    for k, (split, size) in enumerate(zip(("train", "validation", "test"), sizes)):
+        rng = np.random.default_rng([seed, k])  # one generator a split, as make_ner_corpus
+        corpus[split] = [make_lm_document(rng) for _ in range(size)]
+    return corpus
+
+
+def write_lm_corpus(seed: int, sizes: Sequence[int], directory: str) -> str:
+    """Each split of make_lm_corpus as `directory`/{split}.txt, one document a line."""
+    os.makedirs(directory, exist_ok=True)
+    for split, documents in make_lm_corpus(seed, sizes).items():
+        with open(os.path.join(directory, f"{split}.txt"), "w", encoding="utf-8") as f:
+            f.write("".join(d + "\n" for d in documents))
+    return directory

@@ -24,9 +24,9 @@ class TextGenerator:
 
         from gptjax.decoding import Generator
 
-        if trained.steps.model().head != "causal_lm":
-            raise ConfigError(f"{trained.source}: a {trained.task} model; --mode=generate needs a causal-LM model "
-                              "(task=causal_lm, or a GPT2LMHeadModel checkpoint)")
+        if trained.task.head != "causal_lm":
+            raise ConfigError(f"{trained.source}: a {trained.task.name} model; --mode=generate needs a causal-LM "
+                              "model (task=causal_lm, or a GPT2LMHeadModel checkpoint)")
         self.settings = trained.config.generate
         # Prompts are text as written: no space added before them (classification runs add one).
         tokenizer = AutoTokenizer.from_pretrained(trained.tokenizer_dir)

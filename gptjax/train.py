@@ -13,7 +13,7 @@ import jax
 from gptjax import artifact, evaluation, peft, sharding, tasks, workdir as wd
 from gptjax.checkpoint import Checkpoints, Preempted, PreemptionGuard, abstract_like, check_compatible, config_json
 from gptjax.config import ConfigError, validate
-from gptjax.data import EncodedSplit, epoch_batches, num_batches
+from gptjax.data import EncodedSplit, epoch_batches, num_batches, pad_token_id
 from gptjax.experiment import prepare
 from gptjax.hf import save_pretrained
 from gptjax.reporting import Reporter
@@ -26,15 +26,31 @@ log = logging.getLogger("gptjax")
 # Evaluation
 
 
-def evaluate_encoded(task: str, encoded: EncodedSplit, labels, steps, config, pad_id: int, params=None) -> dict:
+def evaluate_encoded(task: tasks.Task, encoded: EncodedSplit, labels, steps, config, tokenizer, params=None) -> dict:
     """Metrics of one encoded split through the shared evaluation module; every example counted.
     `params`: what trains, if not the steps' own (the best model's, say)."""
-    evaluator = evaluation.make_evaluator(task, encoded.examples, labels)
-    buckets = config_buckets(config)
-    batches = epoch_batches(encoded, config.train.eval_batch_size, buckets=buckets, pad_id=pad_id)
+    evaluator = task.evaluator(encoded, labels, completions_fn(steps, tokenizer, config, params))
+    batches = epoch_batches(encoded, config.train.eval_batch_size, buckets=config_buckets(config),
+                            pad_id=pad_token_id(tokenizer))
     rows = sharding.process_rows(config.train.eval_batch_size)
-    return evaluator.run(lambda b: sharding.to_host(steps.predict(sharding.put_batch(_rows(b, rows), steps.mesh), params)),
+    step = task.scores_from(steps)  # class ids, or a causal LM's per-row NLL sums
+    return evaluator.run(lambda b: sharding.to_host(step(sharding.put_batch(_rows(b, rows), steps.mesh), params)),
                          batches)
+
+
+def completions_fn(steps, tokenizer, config, params=None) -> evaluation.CompletionsFn | None:
+    """The model's greedy completion of each prompt (text), which a causal LM's exact_match on
+    prompt/completion data scores: up to generate.max_new_tokens tokens, ended by EOS."""
+    from gptjax.decoding import generate
+
+    g = config.generate
+
+    def complete(prompts):
+        results = generate(steps.model(params), tokenizer, prompts, mesh=steps.mesh, batch_size=g.batch_size,
+                           max_new_tokens=g.max_new_tokens, truncate=True)
+        return [r.completion for r in results]
+
+    return complete
 
 
 def config_buckets(config) -> tuple[int, ...]:
@@ -89,7 +105,7 @@ def _train(config, workdir) -> dict:
     mesh = sharding.make_mesh(config.mesh)
     exp = prepare(config, workdir)
     cfg = config.train
-    task = tasks.get(exp.task)
+    task = exp.task
 
     train_split = exp.encoded["train"]
     steps_per_epoch = num_batches(train_split, cfg.batch_size, buckets=exp.buckets)
@@ -126,8 +142,8 @@ def _train(config, workdir) -> dict:
     reporter = Reporter(workdir, total_steps, resume_step=step if restored is not None else None, pending=pending,
                         write=jax.process_index() == 0)
     guard = PreemptionGuard(checkpoints.manager)
-    log.info("training %s: %d examples, %d steps per epoch, %d steps, %d devices, %d of %d parameters (%.2f%%)",
-             exp.task, len(train_split), steps_per_epoch, total_steps, mesh.size, trainable_params, total_params,
+    log.info("training %s: %d rows, %d steps per epoch, %d steps, %d devices, %d of %d parameters (%.2f%%)",
+             task.name, len(train_split), steps_per_epoch, total_steps, mesh.size, trainable_params, total_params,
              100 * trainable_params / total_params)
 
     def save(step):
@@ -136,7 +152,7 @@ def _train(config, workdir) -> dict:
         checkpoints.save(step, steps.state, meta)
 
     def evaluate(split, params=None):
-        return evaluate_encoded(exp.task, exp.encoded[split], exp.vocab.names, steps, config, exp.pad_id, params)
+        return evaluate_encoded(task, exp.encoded[split], exp.vocab.names, steps, config, exp.tokenizer, params)
 
     rows = sharding.process_rows(cfg.batch_size)
 
@@ -169,7 +185,7 @@ def _train(config, workdir) -> dict:
 
             val = evaluate("validation")
             reporter.eval_line(step, "validation", progress.epoch, scalar_metrics(val))
-            if progress.best_score is None or val[primary] > progress.best_score:
+            if task.improves(val[primary], progress.best_score):
                 progress.best_score, progress.best_epoch, progress.epochs_without_gain = val[primary], progress.epoch, 0
                 checkpoints.save_best(step, steps.params, {"epoch": progress.epoch, "validation": val, "base": base})
             else:
@@ -205,8 +221,8 @@ def _train(config, workdir) -> dict:
         return results
     wd.write_json(workdir / "results.json", results)
     wd.write_text(workdir / "report.txt",
-                  evaluation.format_report(f"validation (epoch {best['epoch'] + 1})", best["validation"]) + "\n\n"
-                  + evaluation.format_report("test", test) + "\n")
+                  task.format_report(f"validation (epoch {best['epoch'] + 1})", best["validation"]) + "\n\n"
+                  + task.format_report("test", test) + "\n")
     export(steps.model(params), exp.tokenizer, workdir / "export", config)
     log.info("test %s %.4f; results in %s", primary, test[primary], workdir)
     return results

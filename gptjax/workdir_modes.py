@@ -9,23 +9,21 @@ from __future__ import annotations
 import logging
 import os
 
-from gptjax import artifact, data, evaluation, workdir as wd
-from gptjax.experiment import checked, encode_split, load_data
+from gptjax import artifact, data, workdir as wd
+from gptjax.experiment import load_data
 from gptjax.train import EXPORT_MARKER, evaluate_encoded, export as export_model, scalar_metrics
 
 log = logging.getLogger("gptjax")
 
 
-def read_split(config, task: str, split: str, input_file: str | None) -> list:
+def read_split(config, task, split: str, input_file: str | None) -> list:
     """The examples of one split: from a file the user names, or from the run's own source (only
     that split is read; a synthetic one is generated in a temporary directory)."""
     cfg = config.data
     if input_file:
         if not os.path.isfile(input_file):
             raise data.DataError(f"--input={input_file}: no such file")
-        examples = data.read_split_file(input_file, task, iob1_to_iob2=cfg.iob1_to_iob2, text_column=cfg.text_column,
-                                        label_column=cfg.label_column)
-        return checked(config, {split: examples})[split]
+        return task.check({split: task.read_file(input_file, cfg)}, cfg)[split]
     if split == "test" and cfg.test_split == "validation":
         split = "validation"
     try:
@@ -37,10 +35,10 @@ def read_split(config, task: str, split: str, input_file: str | None) -> list:
 
 def encoded_split(trained, split: str = "test", input_file: str | None = None) -> data.EncodedSplit:
     """A split of the run's source (or a labelled file), encoded with the run's tokenizer and labels."""
-    config, vocab = trained.config, data.LabelVocab(trained.labels)
-    examples = read_split(config, trained.task, split, input_file)
-    examples = data.check_labels({split: examples}, vocab, trained.task, policy=config.data.unknown_label)[split]
-    return encode_split(config, trained.task, examples, trained.tokenizer, vocab)
+    config, task, vocab = trained.config, trained.task, data.LabelVocab(trained.labels)
+    examples = read_split(config, task, split, input_file)
+    examples = task.check_labels({split: examples}, vocab, config.data.unknown_label)[split]
+    return task.encode(examples, trained.tokenizer, vocab, config.data)
 
 
 def evaluate(source, split: str = "test", which: str = "best", overrides=None, input_file=None, output=None) -> dict:
@@ -48,9 +46,8 @@ def evaluate(source, split: str = "test", which: str = "best", overrides=None, i
     writes the metrics there as JSON."""
     trained = artifact.load(source, which, overrides)
     encoded = encoded_split(trained, split, input_file)
-    metrics = evaluate_encoded(trained.task, encoded, trained.labels, trained.steps, trained.config,
-                               data.pad_token_id(trained.tokenizer))
-    print(evaluation.format_report(f"{input_file or split} ({which})", metrics))
+    metrics = evaluate_encoded(trained.task, encoded, trained.labels, trained.steps, trained.config, trained.tokenizer)
+    print(trained.task.format_report(f"{input_file or split} ({which})", metrics))
     if output:
         wd.write_json(wd.path(output, "--output"), scalar_metrics(metrics))
     return metrics

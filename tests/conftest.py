@@ -101,13 +101,13 @@ def tiny_config(task, source, **overrides):
 
 def evaluation_predictions(workdir, split="test"):
     """(trained, the split encoded, what evaluation predicts for it): the reference for predict."""
-    from gptjax import artifact, data, evaluation, sharding
+    from gptjax import artifact, data, sharding
     from gptjax.train import config_buckets
     from gptjax.workdir_modes import encoded_split
 
     trained = artifact.load(workdir)
     encoded = encoded_split(trained, split)
-    evaluator = evaluation.make_evaluator(trained.task, encoded.examples, trained.labels)
+    evaluator = trained.task.evaluator(encoded, trained.labels, None)
     batches = data.epoch_batches(encoded, trained.config.train.eval_batch_size, buckets=config_buckets(trained.config),
                                  pad_id=data.pad_token_id(trained.tokenizer))
     mesh = trained.steps.mesh

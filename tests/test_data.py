@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from gptjax import data
+from gptjax import data, tasks
 from gptjax.data import DataError, LabelVocab, SequenceExample, TokenExample
 from gptjax.synthetic import train_tokenizer
 
@@ -171,7 +171,7 @@ def test_load_splits_finds_files_by_stem_and_dev_alias(tmp_path):
     write(tmp_path, "dev.txt", "c O\n")
     write(tmp_path, "test.jsonl", '{"tokens": ["d"], "tags": ["B-X"]}\n')
     write(tmp_path, "notes.csv", "text,label\nx,y\n")
-    splits = data.load_splits(str(tmp_path), "token")
+    splits = tasks.TOKEN.load_splits(str(tmp_path))
     assert set(splits) == {"train", "validation", "test"}
     assert splits["validation"] == [TokenExample(("c",), ("O",))]
     assert splits["test"][0].tags == ("B-X",)
@@ -180,7 +180,7 @@ def test_load_splits_finds_files_by_stem_and_dev_alias(tmp_path):
 def test_missing_split_file_names_directory_and_names(tmp_path):
     write(tmp_path, "train.csv", "text,label\na,b\n")
     with pytest.raises(DataError) as err:
-        data.load_splits(str(tmp_path), "sequence")
+        tasks.SEQUENCE.load_splits(str(tmp_path))
     msg = str(err.value)
     assert str(tmp_path) in msg and "no validation file" in msg
     assert "validation.csv" in msg and "dev.tsv" in msg and "dev.jsonl" in msg
@@ -190,12 +190,12 @@ def test_two_files_for_one_split_is_an_error(tmp_path):
     write(tmp_path, "train.csv", "text,label\na,b\n")
     write(tmp_path, "train.tsv", "text\tlabel\na\tb\n")
     with pytest.raises(DataError, match="several train files"):
-        data.load_splits(str(tmp_path), "sequence", splits=("train",))
+        tasks.SEQUENCE.load_splits(str(tmp_path), splits=("train",))
 
 
 def test_path_like_source_never_goes_to_the_hub(tmp_path):
     with pytest.raises(DataError, match="no such directory"):
-        data.load_splits(str(tmp_path / "missing"), "token")
+        tasks.TOKEN.load_splits(str(tmp_path / "missing"))
 
 
 # ----------------------------------------------------------------------------- Hugging Face
@@ -208,7 +208,7 @@ def test_splits_from_hf_token_classlabel():
                          "ner_tags": List(ClassLabel(names=["O", "B-PER", "I-PER", "B-LOC"]))})
     rows = {"tokens": [["John", "Smith", "ran"], ["Paris"]], "ner_tags": [[1, 2, 0], [3]]}
     ds = DatasetDict({s: Dataset.from_dict(rows, features=features) for s in ("train", "validation", "test")})
-    splits = data.splits_from_hf(ds, "token", name="org/conll")
+    splits = data.splits_from_hf(ds, data.token_examples_from_hf, name="org/conll")
     assert splits["train"] == [TokenExample(("John", "Smith", "ran"), ("B-PER", "I-PER", "O")),
                                TokenExample(("Paris",), ("B-LOC",))]
     assert splits["validation"][1].where() == "org/conll[validation], row 1"
@@ -223,10 +223,10 @@ def test_splits_from_hf_sequence_keeps_classlabel_order_and_skips_hidden_test():
         "validation": Dataset.from_dict({"sentence": ["fine"], "label": [0]}, features=features),
         "test": Dataset.from_dict({"sentence": ["?"], "label": [-1]}, features=features),
     })
-    splits = data.splits_from_hf(ds, "sequence", name="glue/sst2")
+    splits = data.splits_from_hf(ds, data.sequence_examples_from_hf, name="glue/sst2")
     assert set(splits) == {"train", "validation"}  # labels hidden as -1: nothing to score
     assert splits["train"] == [SequenceExample("good", "positive"), SequenceExample("bad", "negative")]
-    assert LabelVocab.from_examples(splits["train"], "sequence").names == ["positive", "negative"]
+    assert LabelVocab.from_classes(splits["train"]).names == ["positive", "negative"]
 
 
 # ----------------------------------------------------------------------------- labels
@@ -234,7 +234,7 @@ def test_splits_from_hf_sequence_keeps_classlabel_order_and_skips_hidden_test():
 
 def test_label_vocab_order_and_round_trip(tmp_path):
     train = [TokenExample(("a", "b", "c"), ("B-PER", "O", "I-LOC")), TokenExample(("d",), ("B-MISC",))]
-    vocab = LabelVocab.from_examples(train, "token")
+    vocab = LabelVocab.from_tags(train)
     # O first, then sorted, with each B-/I- pair completed.
     assert vocab.names == ["O", "B-LOC", "B-MISC", "B-PER", "I-LOC", "I-MISC", "I-PER"]
     assert vocab.label2id["B-PER"] == 3 and vocab.id2label[4] == "I-LOC"
@@ -243,19 +243,19 @@ def test_label_vocab_order_and_round_trip(tmp_path):
     assert LabelVocab.load(str(tmp_path / "labels.json")).label2id == vocab.label2id
 
     seq = [SequenceExample("x", label) for label in ("10", "2", "-1", "2")]
-    assert LabelVocab.from_examples(seq, "sequence").names == ["-1", "2", "10"]  # numeric order
+    assert LabelVocab.from_classes(seq).names == ["-1", "2", "10"]  # numeric order
     seq = [SequenceExample("x", label) for label in ("pos", "neg", "neutral")]
-    assert LabelVocab.from_examples(seq, "sequence").names == ["neg", "neutral", "pos"]
+    assert LabelVocab.from_classes(seq).names == ["neg", "neutral", "pos"]
 
 
 def test_unseen_label_error_names_file_line_and_label(tmp_path):
     write(tmp_path, "train.conll", "a B-PER\nb O\n")
     write(tmp_path, "validation.conll", "a O\n\nb O\nc B-ORG\n")
     write(tmp_path, "test.conll", "a O\n")
-    splits = data.load_splits(str(tmp_path), "token")
-    vocab = LabelVocab.from_examples(splits["train"], "token")
+    splits = tasks.TOKEN.load_splits(str(tmp_path))
+    vocab = LabelVocab.from_tags(splits["train"])
     with pytest.raises(DataError) as err:
-        data.check_labels(splits, vocab, "token")
+        data.check_token_labels(splits, vocab)
     msg = str(err.value)
     assert "validation.conll, line 4" in msg and "'B-ORG'" in msg and "unknown_label='error'" in msg
 
@@ -263,9 +263,9 @@ def test_unseen_label_error_names_file_line_and_label(tmp_path):
 def test_unseen_label_map_to_o_logs_policy(tmp_path, caplog):
     splits = {"train": [TokenExample(("a",), ("B-PER",))],
               "test": [TokenExample(("a", "b"), ("B-ORG", "B-PER"), "t.conll", 3, 1)]}
-    vocab = LabelVocab.from_examples(splits["train"], "token")
+    vocab = LabelVocab.from_tags(splits["train"])
     with caplog.at_level(logging.WARNING, logger="gptjax.data"):
-        out = data.check_labels(splits, vocab, "token", policy="map_to_o")
+        out = data.check_token_labels(splits, vocab, policy="map_to_o")
     assert out["test"][0].tags == ("O", "B-PER")
     assert "map_to_o" in caplog.text and "t.conll, line 3" in caplog.text and " 1 token" in caplog.text
 
@@ -273,12 +273,12 @@ def test_unseen_label_map_to_o_logs_policy(tmp_path, caplog):
 def test_unseen_sequence_label_error(tmp_path):
     write(tmp_path, "train.csv", "text,label\na,pos\nb,neg\n")
     write(tmp_path, "dev.csv", "text,label\na,pos\nb,neutral\n")
-    splits = data.load_splits(str(tmp_path), "sequence", splits=("train", "validation"))
-    vocab = LabelVocab.from_examples(splits["train"], "sequence")
+    splits = tasks.SEQUENCE.load_splits(str(tmp_path), splits=("train", "validation"))
+    vocab = LabelVocab.from_classes(splits["train"])
     with pytest.raises(DataError, match=r"dev\.csv, line 3: label 'neutral' never appears"):
-        data.check_labels(splits, vocab, "sequence")
+        data.check_sequence_labels(splits, vocab)
     with pytest.raises(ValueError, match="token tasks only"):
-        data.check_labels(splits, vocab, "sequence", policy="map_to_o")
+        data.check_sequence_labels(splits, vocab, policy="map_to_o")
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -370,7 +370,7 @@ def fake_encoded(lengths, task="token"):
         words = [np.arange(n, dtype=np.int32) for n in lengths]
     else:
         labels, words = np.arange(len(lengths), dtype=np.int32) % 2, None
-    return data.EncodedSplit(task, ids, labels, words, 0, [None] * len(lengths))
+    return data.EncodedSplit(task == "token", ids, labels, words, 0, [None] * len(lengths))
 
 
 LENGTHS = [3, 40, 7, 64, 5, 33, 20, 1, 60, 9, 12, 50, 2, 31, 32, 17, 45, 8, 4, 6, 63, 10, 11]
@@ -472,9 +472,9 @@ def test_end_to_end_directory_to_batches(tmp_path, tok):
     write(tmp_path, "train.conll", "John B-PER\nSmith I-PER\nlives O\n\nin O\nParis B-LOC\n")
     write(tmp_path, "validation.conll", "Mary B-PER\nran O\n")
     write(tmp_path, "test.conll", "Peter B-PER\n")
-    splits = data.load_splits(str(tmp_path), "token")
-    vocab = LabelVocab.from_examples(splits["train"], "token")
-    splits = data.check_labels(splits, vocab, "token")
+    splits = tasks.TOKEN.load_splits(str(tmp_path))
+    vocab = LabelVocab.from_tags(splits["train"])
+    splits = data.check_token_labels(splits, vocab)
     enc = data.encode_token_split(splits["train"], tok, vocab, max_length=32)
     (batch,) = data.epoch_batches(enc, 2, buckets=data.make_buckets(32), pad_id=data.pad_token_id(tok))
     assert batch["input_ids"].shape == (2, 32)

@@ -360,26 +360,24 @@ def test_sequence_evaluator_counts_every_example(n, batch_size):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_make_evaluator_and_primary_metric():
-    assert isinstance(ev.make_evaluator("token", [], ID2LABEL), ev.TokenEvaluator)
-    assert isinstance(ev.make_evaluator("sequence", [], CLASSES), ev.SequenceEvaluator)
-    with pytest.raises(ValueError):
-        ev.make_evaluator("span", [], CLASSES)
-    assert ev.primary_metric("token") == ev.primary_metric("sequence") == "f1"
-    with pytest.raises(ValueError):
-        ev.primary_metric("span")
-    # the primary metric is a key the metrics actually have
-    assert ev.primary_metric("token") in ev.token_metrics([["B-PER"]], [["B-PER"]])
-    assert ev.primary_metric("sequence") in ev.sequence_metrics(["neutral"], ["neutral"], CLASSES)
+def test_every_task_primary_metric_is_a_key_its_metrics_have():
+    from gptjax import tasks
+
+    assert tasks.TOKEN.primary_metric in ev.token_metrics([["B-PER"]], [["B-PER"]])
+    assert tasks.SEQUENCE.primary_metric in ev.sequence_metrics(["neutral"], ["neutral"], CLASSES)
+    assert tasks.CAUSAL_LM.primary_metric in ev.lm_metrics(3.0, 2)
+    assert tasks.TOKEN.improves(0.9, 0.8) and not tasks.TOKEN.improves(0.8, 0.9)
+    assert tasks.CAUSAL_LM.improves(1.5, 2.0) and not tasks.CAUSAL_LM.improves(2.0, 1.5)  # a loss: lower wins
+    assert tasks.CAUSAL_LM.improves(2.0, None)
 
 
 def test_format_report():
     token = ev.token_metrics([["B-PER", "I-PER", "O", "B-LOC"]], [["B-PER", "I-PER", "O", "I-LOC"]])
-    text = ev.format_report("validation", token)
+    text = ev.format_report("validation", token, ev.token_summary)
     assert text.startswith("== validation ==")
     assert "strict" in text and "lenient" in text and "0.6667" in text
     assert token["report"] in text
     seq = ev.sequence_metrics(*random_labels(0), CLASSES)
-    text = ev.format_report("test", seq)
+    text = ev.format_report("test", seq, ev.sequence_summary)
     assert f"{seq['mcc']:.4f}" in text and f"{seq['f1']:.4f}" in text
     assert seq["report"] in text

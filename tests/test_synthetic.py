@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from gptjax import data, synthetic
+from gptjax import data, synthetic, tasks
 
 SIZES = (300, 100, 100)
 
@@ -76,11 +76,11 @@ def test_evaluation_splits_hold_unseen_and_seen_entities(corpus):
 
 def test_write_conll_round_trips_through_load_splits(corpus, tmp_path):
     directory = synthetic.write_corpus(corpus, str(tmp_path / "demo"))
-    splits = data.load_splits(directory, "token")
+    splits = tasks.TOKEN.load_splits(directory)
     assert splits == corpus
-    vocab = data.LabelVocab.from_examples(splits["train"], "token")
+    vocab = data.LabelVocab.from_tags(splits["train"])
     assert vocab.names == ["O", "B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER"]
-    data.check_labels(splits, vocab, "token")  # every evaluation label is known
+    data.check_token_labels(splits, vocab)  # every evaluation label is known
 
 
 def test_tokenizer_is_gpt2_style(tok):

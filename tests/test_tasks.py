@@ -1,0 +1,341 @@
+"""The task registry, and the causal-LM task end to end: reading and packing text, completion-only
+labels, perplexity against a direct computation, a tiny run, its export in transformers, LoRA and
+freezing, eval without the training data."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import tiny_config
+from gptjax import artifact, data, lm_data, model as model_lib, peft, sharding, synthetic, tasks, train
+from gptjax.config import ConfigError, base_config
+from gptjax.data import IGNORE_INDEX, DataError
+from gptjax.lm_data import CompletionExample, TextExample
+
+DOCUMENTS = ["the cat sat on the mat .", "a dog ran .", "the day after monday is tuesday .",
+             "copy red blue : red blue ."] * 10
+PAIRS = [("2 + 2 =", " 4"), ("the capital of peru is", " lima"), ("count : one two", " three four")]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    texts = DOCUMENTS + [p + c for p, c in PAIRS]
+    return synthetic.train_tokenizer(texts, vocab_size=300, add_prefix_space=False)
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry
+
+
+def test_every_task_is_one_complete_entry():
+    for name, task in tasks.TASKS.items():
+        assert task.name == name and task.head in model_lib.HEADS
+        assert tasks.by_architecture([task.architecture]) is task
+    assert tasks.CAUSAL_LM.architecture == "GPT2LMHeadModel"
+    assert not tasks.CAUSAL_LM.higher_is_better and tasks.CAUSAL_LM.primary_metric == "loss"
+    with pytest.raises(ConfigError, match="task='span': choose one of token, sequence, causal_lm"):
+        tasks.get("span")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def test_a_txt_split_is_plain_text_for_causal_lm_and_conll_for_token(tmp_path):
+    write(tmp_path / "train.txt", "first\n\n  \nsecond document\n")
+    write(tmp_path / "dev.txt", "third\n")
+    write(tmp_path / "test.jsonl", '{"text": "fourth"}\n{"text": ""}\n')
+    splits = tasks.CAUSAL_LM.load_splits(str(tmp_path))
+    assert splits["train"] == [TextExample("first"), TextExample("second document")]  # blank lines skipped
+    assert splits["train"][1].where().endswith("train.txt, line 4")
+    assert splits["validation"] == [TextExample("third")] and splits["test"] == [TextExample("fourth")]
+    with pytest.raises(DataError, match="train.txt, line 1: expected at least 2"):
+        tasks.TOKEN.load_splits(str(tmp_path))  # the same file read as CoNLL columns
+
+
+def test_prompt_completion_jsonl_and_mixed_kinds(tmp_path):
+    path = write(tmp_path / "a.jsonl", "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in PAIRS))
+    assert lm_data.read_lm_file(path) == [CompletionExample(p, c) for p, c in PAIRS]
+    mixed = write(tmp_path / "b.jsonl", '{"prompt": "a", "completion": "b"}\n{"text": "c"}\n')
+    with pytest.raises(DataError, match=r"b\.jsonl, line 2: a text document, but .*line 1 is a prompt/completion"):
+        lm_data.read_lm_file(mixed)
+    empty = write(tmp_path / "c.jsonl", '{"prompt": "", "completion": "b"}\n')
+    with pytest.raises(DataError, match=r"c\.jsonl, line 1: 'prompt' and 'completion' must be non-empty"):
+        lm_data.read_lm_file(empty)
+
+
+def test_hub_text_column_skips_empty_lines_as_run_clm():
+    from datasets import Dataset, DatasetDict
+
+    rows = {"text": ["", " = Title = \n", "", " Some text .\n"]}  # wikitext's layout
+    ds = DatasetDict({s: Dataset.from_dict(rows) for s in ("train", "validation", "test")})
+    splits = data.splits_from_hf(ds, lambda d, where: tasks.CAUSAL_LM.read_hub(d, where, base_config().data),
+                                 name="wikitext")
+    assert splits["train"] == [TextExample(" = Title = \n"), TextExample(" Some text .\n")]
+    assert splits["test"][1].where() == "wikitext[test], row 3"
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing and completion-only labels
+
+
+def test_packing_labels_every_token_once_with_eos_between_documents(tok):
+    examples = [TextExample(d) for d in DOCUMENTS[:7]]
+    eos, L = tok.eos_token_id, 8
+    encoded = lm_data.pack_documents(examples, tok, L)
+    stream = [eos]
+    for ex in examples:
+        stream += tok(ex.text, add_special_tokens=False)["input_ids"] + [eos]
+    assert stream.count(eos) == len(examples) + 1
+    inputs, labels = encoded.input_ids, encoded.labels
+    assert all(len(x) == L for x in inputs[:-1]) and 1 <= len(inputs[-1]) <= L  # blocks of max_length
+    assert [len(x) for x in inputs] == [len(y) for y in labels]
+    # Inputs are the stream, labels the stream one token on: every token after the first is a label once.
+    assert np.concatenate(inputs).tolist() == stream[:-1]
+    assert np.concatenate(labels).tolist() == stream[1:]
+    for k in range(len(inputs) - 1):  # a block's last position is labelled with the next block's first token
+        assert labels[k][-1] == inputs[k + 1][0]
+    assert encoded.per_token and encoded.word_index is None and encoded.num_truncated == 0
+
+    batches = data.epoch_batches(encoded, 4, buckets=data.make_buckets(L, (4,)), pad_id=eos)
+    counted = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
+    assert counted == len(stream) - 1
+    for b in batches:
+        assert (b["labels"][b["attention_mask"] == 0] == IGNORE_INDEX).all()
+
+
+def test_completion_loss_counts_the_completion_and_its_eos_only(tok):
+    examples = [CompletionExample(p, c) for p, c in PAIRS]
+    encoded = lm_data.encode_completions(examples, tok, max_length=64)
+    eos = tok.eos_token_id
+    for ex, ids, labels in zip(examples, encoded.input_ids, encoded.labels):
+        prompt = tok(ex.prompt, add_special_tokens=False)["input_ids"]
+        completion = tok(ex.completion, add_special_tokens=False)["input_ids"]
+        assert ids.tolist() == prompt + completion
+        # Position t is labelled with token t + 1: -100 exactly where that token is the prompt's.
+        assert labels.tolist() == [IGNORE_INDEX] * (len(prompt) - 1) + completion + [eos]
+        assert tok.decode(labels[labels != IGNORE_INDEX][:-1]) == ex.completion
+    batch = data.make_batch(encoded, np.array([0, 1, 2, -1]), max(map(len, encoded.input_ids)) + 3, eos)
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()  # padding and the padding row
+    assert int((batch["labels"] != IGNORE_INDEX).sum()) == sum(
+        len(tok(c, add_special_tokens=False)["input_ids"]) + 1 for _, c in PAIRS)
+
+    cut = lm_data.encode_completions(examples, tok, max_length=4)
+    assert cut.num_truncated == sum(len(ids) > 4 for ids in encoded.input_ids) and max(map(len, cut.input_ids)) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def lm_config(**overrides):
+    config = base_config()
+    config.task = "causal_lm"
+    config.data.max_length = 16
+    config.data.buckets = (8, 16)
+    config.train.eval_batch_size = 2
+    for key, value in overrides.items():
+        section, leaf = key.split(".")
+        config[section][leaf] = value
+    return config
+
+
+def tiny_lm(tok, seed=0):
+    cfg = model_lib.GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=32, n_layer=1, n_head=2,
+                               bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    return model_lib.init_model(cfg, "causal_lm", seed=seed)
+
+
+def test_perplexity_is_the_token_weighted_mean_nll(tok):
+    from gptjax.steps import build_steps
+
+    config = lm_config()
+    encoded = lm_data.pack_documents([TextExample(d) for d in DOCUMENTS[:9]], tok, 16)
+    model = tiny_lm(tok)
+    # Direct: every block alone, log-softmax in float64, the NLL of each label, one mean over all.
+    nll = []
+    for ids, labels in zip(encoded.input_ids, encoded.labels):
+        logits = np.asarray(model(ids[None]), np.float64)[0]
+        logits -= logits.max(-1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll += (-log_probs[np.arange(len(labels)), labels]).tolist()
+    steps = build_steps(config, model, sharding.make_mesh(config.mesh))
+    metrics = train.evaluate_encoded(tasks.CAUSAL_LM, encoded, [], steps, config, tok)
+    batches = data.epoch_batches(encoded, 2, buckets=train.config_buckets(config), pad_id=tok.eos_token_id)
+    assert any((b["example_index"] < 0).any() for b in batches)  # a padding row, which must not count
+    assert metrics["tokens"] == len(nll) == sum(map(len, encoded.labels))
+    assert metrics["loss"] == pytest.approx(np.mean(nll), rel=1e-5)
+    assert metrics["perplexity"] == pytest.approx(math.exp(np.mean(nll)), rel=1e-5)
+    assert math.log(len(tok)) - 0.5 < metrics["loss"] < math.log(len(tok)) + 0.5  # untrained: about uniform
+
+
+def test_exact_match_through_a_completions_hook():
+    pairs = [("a", " b"), ("c", " d"), ("e", " f"), ("g", " h")]
+
+    def nll_fn(batch):  # 2 tokens of NLL 1.0 a row
+        return np.full(len(batch["example_index"]), 2.0), np.full(len(batch["example_index"]), 2)
+
+    asked = []
+
+    def completions_fn(prompts):
+        asked.extend(prompts)
+        return ["b", " x", " f\n", "h "]  # surrounding whitespace does not count
+
+    batches = [{"example_index": np.array([0, 1])}, {"example_index": np.array([2, 3])}]
+    from gptjax.evaluation import CausalLMEvaluator
+
+    metrics = CausalLMEvaluator(4, pairs, completions_fn).run(nll_fn, batches)
+    assert asked == ["a", "c", "e", "g"]
+    assert metrics["exact_match"] == 0.75 and metrics["loss"] == 1.0 and metrics["tokens"] == 8
+    assert "exact_match" not in CausalLMEvaluator(4, pairs).run(nll_fn, batches)  # no hook: left out
+    with pytest.raises(ValueError, match="more than once"):
+        CausalLMEvaluator(4).run(nll_fn, batches + batches[:1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Training, freezing and LoRA
+
+
+def test_head_only_is_refused_and_top_k_leaves_the_tied_embedding_frozen(tok, tmp_path):
+    config = tiny_config("causal_lm", tmp_path, **{"train.freeze": "head_only"})
+    with pytest.raises(ConfigError, match=r"head_only.*wte, tied"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "run.json").exists()
+    config = lm_config(**{"train.freeze": "top_k", "train.trainable_blocks": 1})
+    model = peft.adapt(tiny_lm(tok), config)
+    trainable, frozen = peft.partition(config, model).split(nnx.state(model, nnx.Param))
+    assert "wte" in frozen["transformer"] and "ln_f" in trainable["transformer"]
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    return synthetic.write_lm_corpus(0, (400, 40, 40), str(tmp_path_factory.mktemp("lm")))
+
+
+LM_RUN = {"train.num_epochs": 2, "train.learning_rate": 3e-3, "data.max_length": 32, "data.buckets": "(16, 32)",
+          "model.arch.n_positions": 32, "tokenizer.vocab_size": 300, "model.dropout": 0.0}
+
+
+def untrained_loss(config, tmp_path):
+    """The validation loss of the run's model before any training (same seed, same data)."""
+    from gptjax.experiment import prepare
+    from gptjax.steps import build_steps
+
+    exp = prepare(config, tmp_path)
+    steps = build_steps(config, exp.model, sharding.make_mesh(config.mesh))
+    return train.evaluate_encoded(exp.task, exp.encoded["validation"], [], steps, config, exp.tokenizer)["loss"]
+
+
+@pytest.fixture(scope="module")
+def lm_run(lm_dir, tmp_path_factory):
+    data_copy = tmp_path_factory.mktemp("lm_data")
+    shutil.copytree(lm_dir, data_copy, dirs_exist_ok=True)
+    config = tiny_config("causal_lm", data_copy, **LM_RUN)
+    workdir = tmp_path_factory.mktemp("lm_run")
+    before = untrained_loss(config, tmp_path_factory.mktemp("untrained"))
+    return workdir, train.train_and_evaluate(config, str(workdir)), before, data_copy
+
+
+def test_causal_lm_run_learns_and_writes_loss_and_perplexity(lm_run):
+    workdir, results, before, _ = lm_run
+    for split in ("validation", "test"):
+        assert {"loss", "perplexity", "tokens"} <= set(results[split])
+        assert results[split]["perplexity"] == pytest.approx(math.exp(results[split]["loss"]))
+    assert results["validation"]["loss"] < before - 1.0  # perplexity e times lower at least
+    assert json.loads((workdir / "results.json").read_text())["test"] == results["test"]
+    assert json.loads((workdir / "run.json").read_text())["labels"] == []
+    assert not (workdir / "labels.json").exists()  # no label vocabulary
+    assert "perplexity" in (workdir / "report.txt").read_text()
+
+
+def test_causal_lm_export_is_a_gpt2_lm_head_model_with_the_same_logits(lm_run):
+    import torch
+    import transformers
+
+    workdir, *_ = lm_run
+    hf, info = transformers.GPT2LMHeadModel.from_pretrained(workdir / "export", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    trained = artifact.load(workdir / "export")
+    assert trained.task is tasks.CAUSAL_LM and trained.labels == []
+    ids = np.random.default_rng(0).integers(0, hf.config.vocab_size, (2, 20))
+    with torch.no_grad():
+        expected = hf.eval()(torch.from_numpy(ids)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(trained.model(ids)), expected, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(artifact.load(workdir).model(ids)), expected, atol=1e-4)
+
+
+def test_causal_lm_eval_without_the_training_data_and_predict_says_no(lm_run, lm_dir):
+    from gptjax.predict import Predictor
+    from gptjax.workdir_modes import evaluate
+
+    workdir, results, _, data_copy = lm_run
+    shutil.rmtree(data_copy)
+    with pytest.raises(DataError, match="--input=FILE"):
+        evaluate(str(workdir))
+    test_file = str(lm_dir + "/test.txt")
+    assert evaluate(str(workdir), input_file=test_file)["loss"] == pytest.approx(results["test"]["loss"], rel=1e-5)
+    assert evaluate(str(workdir / "export"), input_file=test_file)["loss"] == pytest.approx(results["test"]["loss"],
+                                                                                          rel=1e-5)
+    with pytest.raises(ConfigError, match="a Predictor does not apply to a causal_lm model"):
+        Predictor(artifact.load(workdir))
+    # On the command line, predict on a causal LM continues each line, as --mode=generate does.
+    import run
+
+    prompts = Path(workdir).parent / f"{Path(workdir).name}-prompts.txt"
+    prompts.write_text("Monday comes before\n\n")
+    for mode in ("predict", "generate"):
+        out = Path(workdir).parent / f"{Path(workdir).name}-{mode}.jsonl"
+        run.main([f"--mode={mode}", f"--workdir={workdir}", f"--input={prompts}", f"--output={out}",
+                  "--config.generate.max_new_tokens=4"])
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["prompt"] for r in records] == ["Monday comes before", ""]
+        assert all(len(r["completion_ids"]) <= 4 and r["finish_reason"] in ("eos", "length") for r in records)
+
+
+def test_lora_trains_a_causal_lm(lm_dir, tmp_path):
+    import transformers
+
+    config = tiny_config("causal_lm", lm_dir, **{**LM_RUN, "train.num_epochs": 1, "lora.rank": 4,
+                                                 "train.learning_rate": 1e-2})
+    before = untrained_loss(config, tmp_path / "untrained")  # the base alone: the adapters start at zero
+    results = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert results["trainable_params"] == 4 * (64 + 3 * 64) + 4 * (64 + 64) + 4 * (64 + 256) + 4 * (256 + 64)
+    # A random base with a frozen (tied) embedding learns slowly, but it learns.
+    assert results["validation"]["loss"] < before - 0.1
+    _, info = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "run" / "export", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]  # adapters folded in: a plain GPT-2
+
+
+def test_prompt_completion_run_scores_exact_match_through_the_hook(tmp_path, monkeypatch):
+    rows = [{"prompt": f"the {name} after {items[i]} is", "completion": f" {items[(i + 1) % len(items)]} ."}
+            for name, items in synthetic.CYCLES.items() for i in range(len(items))]
+    for split in ("train", "validation", "test"):
+        write(tmp_path / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    gold = {r["prompt"]: r["completion"] for r in rows}
+    seen = []
+
+    def complete(prompts):  # what generation would write: right for every other prompt
+        seen.append(len(prompts))
+        return [gold[p] if i % 2 else "?" for i, p in enumerate(prompts)]
+
+    def fake_completions_fn(steps, tokenizer, config, params=None):
+        return complete
+
+    monkeypatch.setattr(train, "completions_fn", fake_completions_fn)
+    config = tiny_config("causal_lm", tmp_path, **{**LM_RUN, "train.max_steps": 3, "train.num_epochs": 1})
+    results = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert results["test"]["exact_match"] == pytest.approx(sum(i % 2 for i in range(len(rows))) / len(rows))
+    assert seen and set(seen) == {len(rows)}
+    # Only the completions' tokens and their EOS were scored.
+    tokenizer = artifact.load_tokenizer(tmp_path / "run" / "tokenizer", add_prefix_space=False)
+    assert results["test"]["tokens"] == sum(len(tokenizer(r["completion"])["input_ids"]) + 1 for r in rows)
