@@ -304,6 +304,9 @@ def load_export(model_dir, overrides: dict | None = None, *, probabilities: bool
     config.task = task.name
     config = apply_use_time(config, overrides or {})
     model = from_pretrained(str(model_dir), task.head, dtype=config.model.dtype, attention=config.model.attention)
+    if not saved.exists() and "data.max_length" not in (overrides or {}):
+        # A checkpoint gptjax did not export: the default length, within what the model takes.
+        config.data.max_length = min(config.data.max_length, model.config.n_positions)
     labels = list(model.labels or (f"LABEL_{i}" for i in range(model.num_labels or 0)))
     mesh = sharding.make_mesh(config.mesh)
     graphdef, params = steps_lib.place_params(model, mesh)

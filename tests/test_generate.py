@@ -367,7 +367,7 @@ def test_benchmark_mode_times_decoding(tmp_path):
               "--config.generate.batch_size=2", "--config.generate.prompt_length=8", "--config.generate.max_new_tokens=4",
               "--benchmark_steps=1", f"--results={tmp_path / 'records.jsonl'}"])
     records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
-    assert [r["framework"] for r in records] == ["gptjax", "pytorch"]
+    assert [r["framework"] for r in records] == ["gptjax", "pytorch-eager"]
     assert all(r["tokens_per_sec"] > 0 and r["batch_size"] == 2 for r in records)
     assert records[0]["recompiles"] == 0
     assert json.loads((tmp_path / "benchmark.json").read_text())["framework"] == "gptjax"
