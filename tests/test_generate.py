@@ -94,6 +94,7 @@ def test_greedy_matches_transformers_generate(model, gen, tmp_path):
     assert {r.finish_reason for r in got} <= {"eos", "length"}
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("dtype,tolerance", [("float32", 2e-5), ("bfloat16", 0.1)])
 def test_cached_logits_match_full_forward(dtype, tolerance):
     model = init_model(TINY.replace(dtype=dtype), seed=3)
@@ -216,6 +217,7 @@ def test_text_stop_strings_are_cut_exactly(text_model, tokenizer):
     assert gen.generate(prompts[:1], max_new_tokens=20, eos_token_id=None, stop="\x00never")[0].finish_reason == "length"
 
 
+@pytest.mark.fast
 def test_no_recompiles_across_mixed_requests(model):
     gen = Generator(model, batch_size=4, buckets=Buckets(batch=(4,), prompt=(16,), new_tokens=(8,)))
     rng = np.random.RandomState(0)
@@ -328,6 +330,7 @@ def _lm_checkpoint(directory):
     return model, tokenizer
 
 
+@pytest.mark.fast
 def test_generate_mode_writes_one_completion_a_prompt(tmp_path):
     import json
 
