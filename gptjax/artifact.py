@@ -27,7 +27,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from gptjax import peft, sharding, steps as steps_lib, tasks, workdir as wd
-from gptjax.checkpoint import Checkpoints, config_json
+from gptjax.checkpoint import Checkpoints, _lookup, config_json
 from gptjax.config import ConfigError, base_config
 from gptjax.hf import CONFIG, CheckpointError, from_pretrained, resolve_checkpoint
 from gptjax.model import GPT2Config, init_model
@@ -181,31 +181,25 @@ def apply_use_time(config: ConfigDict, overrides: dict[str, str]) -> ConfigDict:
     return config
 
 
-def _lookup(tree: dict, key: str):
-    for part in key.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
-
 
 def is_run(directory) -> bool:
     return (epath.Path(directory) / RUN_FILE).exists()
 
 
-def load(source, which: str = "best", overrides: dict[str, str] | None = None, *, probabilities: bool = False,
-         head: str | None = None) -> Trained:
+def load(source, which: str = "best", overrides: dict[str, str] | None = None, *, head: str | None = None) -> Trained:
     """A trained workdir (its best model, or its latest checkpoint) or an export directory."""
     directory = wd.path(source, "--workdir")
     if not directory.exists():
         if wd.is_local(directory) and not str(source).startswith((".", "/", "~")) and str(source).count("/") <= 1:
             # A hub id (gpt2, openai-community/gpt2): fetched, or read from huggingface_hub's cache.
-            return load_export(resolve_checkpoint(str(source)), overrides or {}, probabilities=probabilities, head=head)
+            return load_export(resolve_checkpoint(str(source)), overrides or {}, head=head)
         raise wd.WorkdirError(f"{directory}: no such directory")
     if is_run(directory):
-        return _load_workdir(directory, which, overrides or {}, probabilities)
+        return _load_workdir(directory, which, overrides or {})
     if (directory / CONFIG).exists():
-        return load_export(directory, overrides or {}, probabilities=probabilities, head=head)
+        return load_export(directory, overrides or {}, head=head)
     if (directory / "export" / CONFIG).exists():
-        return load_export(directory / "export", overrides or {}, probabilities=probabilities, head=head)
+        return load_export(directory / "export", overrides or {}, head=head)
     raise wd.WorkdirError(f"{directory}: neither a trained workdir (no {RUN_FILE}) nor an export (no {CONFIG})")
 
 
@@ -223,7 +217,7 @@ def _on_mesh(tree, mesh):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def _load_workdir(workdir: epath.Path, which: str, overrides: dict, probabilities: bool) -> Trained:
+def _load_workdir(workdir: epath.Path, which: str, overrides: dict) -> Trained:
     run = wd.read_json(workdir / RUN_FILE, "run record")
     config = apply_use_time(config_from_json(run["config"]), overrides)
     mesh = sharding.make_mesh(config.mesh)
@@ -240,7 +234,7 @@ def _load_workdir(workdir: epath.Path, which: str, overrides: dict, probabilitie
         peft.check_base(run.get("base"), peft.checksum(frozen), workdir / BASE_DIR)
     task = tasks.get(run["task"])
     tokenizer = load_tokenizer(workdir / TOKENIZER_DIR, task.prefix_space)
-    steps = steps_lib.inference_steps(graphdef, partition, mesh, trainable, frozen, probabilities=probabilities)
+    steps = steps_lib.inference_steps(graphdef, partition, mesh, trainable, frozen)
     sharding.check_batch_size(config.train.eval_batch_size, mesh, "train.eval_batch_size")
     _check_max_length(config, graphdef, params)
     return Trained(config, task, list(run["labels"]), tokenizer, steps, str(workdir), str(workdir / TOKENIZER_DIR))
@@ -288,8 +282,7 @@ def load_tokenizer(directory, add_prefix_space: bool = True):
                               f"{str(e).splitlines()[0][:200]})") from None
 
 
-def load_export(model_dir, overrides: dict | None = None, *, probabilities: bool = False,
-                head: str | None = None) -> Trained:
+def load_export(model_dir, overrides: dict | None = None, *, head: str | None = None) -> Trained:
     """An exported Hugging Face directory: config.json names the task (by its architecture) and
     the labels; the run's config, if the export carries one, sets lengths and batch sizes."""
     model_dir = epath.Path(model_dir)
@@ -311,6 +304,6 @@ def load_export(model_dir, overrides: dict | None = None, *, probabilities: bool
     mesh = sharding.make_mesh(config.mesh)
     graphdef, params = steps_lib.place_params(model, mesh)
     _check_max_length(config, graphdef, params)
-    steps = steps_lib.inference_steps(graphdef, peft.FULL, mesh, params, None, probabilities=probabilities)
+    steps = steps_lib.inference_steps(graphdef, peft.FULL, mesh, params, None)
     return Trained(config, task, labels, load_tokenizer(model_dir, task.prefix_space), steps, str(model_dir),
                    str(model_dir))

@@ -117,16 +117,16 @@ class Predictor:
         self.pad_id = data.pad_token_id(self.tokenizer)
         self.vocab = data.LabelVocab(self.labels)
         self.num_truncated = 0  # lines cut at max_length so far
-        # The class ids evaluation uses, and the same with the softmax beside them; jit compiles
-        # only the one the task calls.
-        self.ids_step = make_predict_step(self.steps.graphdef, self.steps.partition)
+        # Sequence tasks also want the softmax beside the class ids (steps.predict, evaluation's).
         self.probabilities_step = make_predict_step(self.steps.graphdef, self.steps.partition, probabilities=True)
 
     def run(self, batch, probabilities: bool = False):
         s = self.steps
-        step = self.probabilities_step if probabilities else self.ids_step
+        batch = sharding.put_batch(batch, s.mesh)
+        if not probabilities:
+            return jax.device_get(s.predict(batch))
         with jax.set_mesh(s.mesh):
-            return jax.device_get(step(s.params, sharding.put_batch(batch, s.mesh), s.frozen))
+            return jax.device_get(self.probabilities_step(s.params, batch, s.frozen))
 
     def predict(self, lines: list[str], numbers: list[int] | None = None) -> list[dict]:
         """One output object per line (see the module docstring)."""
@@ -154,14 +154,19 @@ class Predictor:
 
     def predict_stream(self, lines: Iterable[tuple[int, str]]) -> Iterator[dict]:
         """Output objects for (number, text) lines, predicted a chunk at a time."""
-        chunk: list[tuple[int, str]] = []
-        for item in lines:
-            chunk.append(item)
-            if len(chunk) >= self.batch_size * CHUNK_BATCHES:
-                yield from self.predict([t for _, t in chunk], [n for n, _ in chunk])
-                chunk = []
-        if chunk:
-            yield from self.predict([t for _, t in chunk], [n for n, _ in chunk])
+        return in_chunks(lines, self.batch_size * CHUNK_BATCHES, self.predict)
+
+
+def in_chunks(lines: Iterable[tuple[int, str]], size: int, fn) -> Iterator[dict]:
+    """fn(texts, numbers)'s output objects for (number, text) lines, `size` lines at a time."""
+    chunk: list[tuple[int, str]] = []
+    for item in lines:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield from fn([t for _, t in chunk], [n for n, _ in chunk])
+            chunk = []
+    if chunk:
+        yield from fn([t for _, t in chunk], [n for n, _ in chunk])
 
 
 def predict_tags(predictor: Predictor, lines: list[str], numbers: list[int]) -> list[dict]:

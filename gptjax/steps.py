@@ -243,7 +243,7 @@ def check_batch_sizes(config, mesh) -> None:
         raise ConfigError(f"train.batch_size={cfg.batch_size} is not divisible by train.grad_accum_steps={cfg.grad_accum_steps}")
 
 
-def build_steps(config, model, mesh, total_steps: int | None = None, *, probabilities: bool = False) -> Steps:
+def build_steps(config, model, mesh, total_steps: int | None = None) -> Steps:
     """The model (already shaped by peft.adapt) on the mesh with its steps. With total_steps, a
     train state and step with the config's optimizer and schedule; without, inference only."""
     partition = peft.partition(config, model)
@@ -251,17 +251,17 @@ def build_steps(config, model, mesh, total_steps: int | None = None, *, probabil
         sharding.check_batch_size(config.train.eval_batch_size, mesh, "train.eval_batch_size")
         graphdef, params = place_params(model, mesh)
         trainable, frozen = partition.split(params)
-        return inference_steps(graphdef, partition, mesh, trainable, frozen, probabilities=probabilities)
+        return inference_steps(graphdef, partition, mesh, trainable, frozen)
     check_batch_sizes(config, mesh)
     tx, schedule = make_optimizer(config.train, total_steps)
     graphdef, state, frozen = init_train_state(model, tx, mesh, partition)
     train_step = make_train_step(graphdef, tx, seed=config.train.seed, grad_accum_steps=config.train.grad_accum_steps,
                                  partition=partition, state_sharding=jax.tree.map(lambda x: x.sharding, state))
-    return Steps(graphdef, partition, mesh, frozen, make_predict_step(graphdef, partition, probabilities=probabilities),
+    return Steps(graphdef, partition, mesh, frozen, make_predict_step(graphdef, partition),
                  make_nll_step(graphdef, partition), state=state, train_step=train_step, schedule=schedule)
 
 
-def inference_steps(graphdef, partition, mesh, trainable, frozen, *, probabilities: bool = False) -> Steps:
+def inference_steps(graphdef, partition, mesh, trainable, frozen) -> Steps:
     """Parameters already on the mesh with the predict step evaluation and prediction share."""
-    return Steps(graphdef, partition, mesh, frozen, make_predict_step(graphdef, partition, probabilities=probabilities),
+    return Steps(graphdef, partition, mesh, frozen, make_predict_step(graphdef, partition),
                  make_nll_step(graphdef, partition), trainable=trainable)

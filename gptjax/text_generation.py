@@ -50,14 +50,9 @@ class TextGenerator:
 
     def predict_stream(self, lines):
         """Output objects for (number, text) lines, decoded a chunk at a time."""
-        chunk = []
-        for item in lines:
-            chunk.append(item)
-            if len(chunk) >= self.settings.batch_size * CHUNK_BATCHES:
-                yield from self.complete([t for _, t in chunk], [n for n, _ in chunk])
-                chunk = []
-        if chunk:
-            yield from self.complete([t for _, t in chunk], [n for n, _ in chunk])
+        from gptjax.predict import in_chunks
+
+        return in_chunks(lines, self.settings.batch_size * CHUNK_BATCHES, self.complete)
 
     def summary(self, count: int) -> str:
         return f"completed {count} prompts; {self.num_truncated} had their start dropped to fit the model"

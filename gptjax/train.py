@@ -228,9 +228,6 @@ def _train(config, workdir) -> dict:
     return results
 
 
-EXPORT_MARKER = artifact.EXPORT_RUN_FILE
-
-
 def export(model, tokenizer, directory, config=None) -> None:
     """The model and its tokenizer as a Hugging Face directory that transformers loads (LoRA
     adapters folded into the weights: a plain GPT-2), with the run's config beside them. It
@@ -238,4 +235,4 @@ def export(model, tokenizer, directory, config=None) -> None:
     with wd.atomic_dir(wd.path(directory, "--export_dir")) as tmp:
         save_pretrained(model, tmp)
         tokenizer.save_pretrained(tmp)
-        wd.write_json(wd.path(tmp) / EXPORT_MARKER, config_json(config) if config is not None else {})
+        wd.write_json(wd.path(tmp) / artifact.EXPORT_RUN_FILE, config_json(config) if config is not None else {})

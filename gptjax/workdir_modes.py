@@ -11,7 +11,7 @@ import os
 
 from gptjax import artifact, data, workdir as wd
 from gptjax.experiment import load_data
-from gptjax.train import EXPORT_MARKER, evaluate_encoded, export as export_model, scalar_metrics
+from gptjax.train import evaluate_encoded, export as export_model, scalar_metrics
 
 log = logging.getLogger("gptjax")
 
@@ -65,7 +65,7 @@ def export(source, export_dir, which: str = "best", overwrite: bool = False) -> 
     if _inside(target, source_path) or _inside(source_path, target):
         raise wd.WorkdirError(f"--export_dir={target}: overlaps the model being read ({source_path}); a reading "
                               "mode writes nothing into it: export elsewhere")
-    if not overwrite and wd.is_nonempty_dir(target) and not (target / EXPORT_MARKER).exists():
+    if not overwrite and wd.is_nonempty_dir(target) and not (target / artifact.EXPORT_RUN_FILE).exists():
         raise wd.WorkdirError(f"--export_dir={target}: not empty and not an earlier gptjax export; choose an empty "
                               "or new directory (or pass --overwrite)")
     trained = artifact.load(source, which)
