@@ -1,5 +1,5 @@
 """python -m gptjax: the same command line as run.py and the `gptjax` console command."""
 
-from gptjax.cli import main
+from gptjax.cli import command
 
-main()
+command()

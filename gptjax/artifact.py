@@ -43,7 +43,7 @@ FORMAT = 1
 
 # Keys that say how to run a trained model, not what it is: a reading mode may change them.
 USE_TIME_KEYS = (
-    "model.dtype", "model.attention", "data.max_length", "data.buckets", "train.eval_batch_size",
+    "model.dtype", "model.attention", "model.unroll", "data.max_length", "data.buckets", "train.eval_batch_size",
     "mesh.data", "mesh.fsdp", "mesh.tensor", "generate.max_new_tokens", "generate.temperature", "generate.top_k",
     "generate.top_p", "generate.seed", "generate.stop", "generate.batch_size", "generate.prompt_length",
 )

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gptjax import malloc
+
 log = logging.getLogger("gptjax")
 
 # ---------------------------------------------------------------------------------------------
@@ -352,6 +354,7 @@ def environment(mesh) -> dict:
                      "optax": optax.__version__, "python": platform.python_version()},
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "malloc": malloc.setting(),
         "load_average": round(os.getloadavg()[0], 2),
     }
 

@@ -148,5 +148,14 @@ def main(argv=None):
             jax.distributed.shutdown()
 
 
-if __name__ == "__main__":
+def command():
+    """The command line as a user runs it (the `gptjax` console command, python -m gptjax, run.py):
+    on a CPU, first restarted under glibc settings that XLA:CPU needs (gptjax/malloc.py)."""
+    from gptjax import malloc
+
+    malloc.restart_tuned()
     main()
+
+
+if __name__ == "__main__":
+    command()

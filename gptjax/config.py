@@ -28,6 +28,7 @@ def base_config() -> ConfigDict:
     c.model.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
     c.model.attention = "xla"  # or "cudnn" (GPU flash attention where shapes allow)
     c.model.remat = False
+    c.model.unroll = config_dict.placeholder(int)  # blocks per layer-scan iteration; None: all on a CPU, else 1
     c.model.dropout = config_dict.placeholder(float)  # None: the checkpoint's own dropouts
     c.model.arch = ConfigDict()  # for init="scratch": changes to the named size
     for key in ("n_layer", "n_embd", "n_head", "n_positions"):
@@ -198,6 +199,7 @@ RANGES = (
     ("train.log_every", 1, True, None, None),
     ("train.trainable_blocks", 1, True, None, None),
     ("model.dropout", 0, True, 1, False),
+    ("model.unroll", 1, True, None, None),
     ("lora.rank", 0, True, None, None),
     ("lora.alpha", 0, False, None, None),
     ("lora.dropout", 0, True, 1, False),

@@ -131,7 +131,7 @@ def load_tokenizer(config, train_examples, model_dir: Path | None):
 
 def model_overrides(config) -> dict:
     cfg = config.model
-    changes = {"dtype": cfg.dtype, "attention": cfg.attention, "remat": cfg.remat}
+    changes = {"dtype": cfg.dtype, "attention": cfg.attention, "remat": cfg.remat, "unroll": cfg.unroll}
     if cfg.dropout is not None:
         changes.update(resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout)
     return changes

@@ -61,6 +61,9 @@ class GPT2Config:
     dtype: str = "float32"  # compute dtype; parameters stay float32
     attention: str = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn"
     remat: bool = False  # recompute each block in the backward pass to save activation memory
+    # Blocks per iteration of the layer scan: 1 a rolled loop, n_layer none; None the backend's
+    # choice (unrolled on a CPU, where the loop's slicing copies cost 11% of a gpt2 train step).
+    unroll: int | None = None
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -70,6 +73,8 @@ class GPT2Config:
                 f"activation_function={self.activation_function!r} is not supported; "
                 f"choose one of {sorted(ACTIVATIONS)}"
             )
+        if self.unroll is not None and self.unroll < 1:
+            raise ValueError(f"unroll={self.unroll}: at least 1 (a rolled loop)")
         if self.attention not in ("xla", "cudnn"):
             raise ValueError(f"attention={self.attention!r}: choose 'xla' or 'cudnn'")
         jnp.dtype(self.dtype)  # raises on an unknown dtype name
@@ -108,14 +113,14 @@ class GPT2Config:
                 raise ValueError(f"{source}: {flag}=true is not supported by gptjax")
         if hf.get("scale_attn_weights") is False:
             raise ValueError(f"{source}: scale_attn_weights=false is not supported by gptjax")
-        names = {f.name for f in dataclasses.fields(cls)} - {"dtype", "attention", "remat"}
+        names = {f.name for f in dataclasses.fields(cls)} - set(RUNTIME_FIELDS)
         values = {k: hf[k] for k in names if k in hf}
         return cls(**{**values, **changes})
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The Hugging Face config.json fields of this architecture."""
         out = dataclasses.asdict(self)
-        for key in ("dtype", "attention", "remat"):
+        for key in RUNTIME_FIELDS:
             out.pop(key)
         out.update(model_type="gpt2", scale_attn_weights=True, use_cache=True)
         return out
@@ -125,6 +130,8 @@ class GPT2Config:
         with open(path, encoding="utf-8") as f:
             return cls.from_hf_dict(json.load(f), source=path)
 
+
+RUNTIME_FIELDS = ("dtype", "attention", "remat", "unroll")  # how gptjax computes, not Hugging Face fields
 
 SIZES = {
     "gpt2": dict(n_layer=12, n_embd=768, n_head=12),
@@ -151,8 +158,6 @@ class Attention(nnx.Module):
         # with depth (GPT-2 paper, section 2.3; Hugging Face's _init_weights).
         proj_std = std / math.sqrt(2 * config.n_layer)
         self.c_proj = nnx.Linear(d, d, dtype=dtype, kernel_init=_normal(proj_std), rngs=rngs)
-        self.attn_dropout_rate = config.attn_pdrop
-        self.resid_dropout = nnx.Dropout(config.resid_pdrop)
 
     def _qkv(self, x, key):  # [B, T, D] -> q, k, v, each [B, T, H, Dh]
         b, t, _ = x.shape
@@ -164,13 +169,13 @@ class Attention(nnx.Module):
         b, t, _ = x.shape
         cfg = self.config
         q, k, v = self._qkv(x, _key(keys, 0))
-        if keys is not None and self.attn_dropout_rate > 0:
+        if keys is not None and cfg.attn_pdrop > 0:
             # dot_product_attention has no dropout on the probabilities; write it out instead.
-            y = _attention_with_dropout(q, k, v, mask, self.attn_dropout_rate, keys[0])
+            y = _attention_with_dropout(q, k, v, mask, cfg.attn_pdrop, keys[0])
         else:
             y = _fused_attention(q, k, v, mask, lengths, cfg.attention)
         y = _project(self.c_proj, y.reshape(b, t, cfg.n_embd), _key(keys, 1), 1)
-        return self.resid_dropout(y, deterministic=keys is None, rngs=_key(keys, 1))
+        return dropout(y, cfg.resid_pdrop, _key(keys, 1))
 
     def cached(self, x, cache, index, mask):
         """Attention of new tokens over this layer's KV cache, for decoding (see Decoder).
@@ -210,10 +215,27 @@ def _cache_attention(q, k, v, mask):  # q: [B, H, S, Dh], k, v: [B, H, T, Dh], m
 def _attention_with_dropout(q, k, v, mask, rate, key):
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    keep = jax.random.bernoulli(key, 1.0 - rate, probs.shape)
-    probs = jnp.where(keep, probs / (1.0 - rate), 0.0).astype(v.dtype)
+    probs = dropout(jax.nn.softmax(scores, axis=-1), rate, key).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+# Dropout decides with 16 random bits, two decisions from each 32-bit word: JAX's threefry costs one
+# hash per word, and on a CPU the hashes were most of what dropout cost.
+_DROPOUT_LEVELS = 1 << 16
+
+
+def dropout(x, rate: float, key):
+    """x with each element zeroed with probability `rate` (rounded to a multiple of 2^-16) and the
+    others scaled by the inverse of the kept fraction, so the expectation is x; x itself when `key`
+    is None (evaluation) or rate is 0."""
+    if key is None or rate == 0:
+        return x
+    threshold = min(round(rate * _DROPOUT_LEVELS), _DROPOUT_LEVELS - 1)
+    n = math.prod(x.shape)
+    words = jax.random.bits(key, ((n + 1) // 2,), jnp.uint32)
+    levels = jnp.stack([words & 0xFFFF, words >> 16], axis=-1).reshape(-1)[:n].reshape(x.shape)
+    scale = jnp.asarray(_DROPOUT_LEVELS / (_DROPOUT_LEVELS - threshold), x.dtype)
+    return jnp.where(levels >= threshold, x * scale, jnp.zeros((), x.dtype))
 
 
 def _key(keys, i):
@@ -239,11 +261,11 @@ class MLP(nnx.Module):
             config.inner_dim, d, dtype=dtype, kernel_init=_normal(proj_std), rngs=rngs
         )
         self.act = ACTIVATIONS[config.activation_function]
-        self.dropout = nnx.Dropout(config.resid_pdrop)
+        self.dropout_rate = config.resid_pdrop
 
     def __call__(self, x, key):
         y = _project(self.c_proj, self.act(_project(self.c_fc, x, key, 1)), key, 2)
-        return self.dropout(y, deterministic=key is None, rngs=key)
+        return dropout(y, self.dropout_rate, key)
 
 
 def _layer_norm(config: GPT2Config, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -280,7 +302,6 @@ class Transformer(nnx.Module):
         self.config = config
         self.wte = nnx.Embed(config.vocab_size, config.n_embd, embedding_init=_normal(std), rngs=rngs)
         self.wpe = nnx.Embed(config.n_positions, config.n_embd, embedding_init=_normal(std), rngs=rngs)
-        self.drop = nnx.Dropout(config.embd_pdrop)
 
         @nnx.split_rngs(splits=config.n_layer)
         @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -301,7 +322,7 @@ class Transformer(nnx.Module):
         dtype = jnp.dtype(cfg.dtype)
         x = self.wte(input_ids) + self.wpe(jnp.arange(t))[None]
         keys = None if dropout_key is None else jax.random.split(dropout_key, 1 + 3 * cfg.n_layer)
-        x = self.drop(x, deterministic=keys is None, rngs=_key(keys, 0)).astype(dtype)
+        x = dropout(x, cfg.embd_pdrop, _key(keys, 0)).astype(dtype)
         x = constrain(x, "batch", None, None)
 
         # Each query sees earlier real tokens. The diagonal is always open so an all-padding row
@@ -322,11 +343,12 @@ class Transformer(nnx.Module):
 
         if cfg.remat:
             body = jax.checkpoint(body, prevent_cse=False)
+        unroll = cfg.unroll or (cfg.n_layer if jax.default_backend() == "cpu" else 1)
         if f := self.frozen_layers:
             frozen = jax.tree.map(lambda a: jax.lax.stop_gradient(a[:f]), layers)
-            x, _ = jax.lax.scan(body, x, (frozen, None if keys is None else layer_keys[:f]))
+            x, _ = jax.lax.scan(body, x, (frozen, None if keys is None else layer_keys[:f]), unroll=unroll)
             layers, layer_keys = jax.tree.map(lambda a: a[f:], layers), None if keys is None else layer_keys[f:]
-        x, _ = jax.lax.scan(body, x, (layers, layer_keys))
+        x, _ = jax.lax.scan(body, x, (layers, layer_keys), unroll=unroll)
         return self.ln_f(x)  # float32
 
 
@@ -363,7 +385,6 @@ class GPT2(nnx.Module):
         self.labels = labels if head != "causal_lm" else None
         self.transformer = Transformer(config, rngs=rngs)
         if head == "token_classification":
-            self.dropout = nnx.Dropout(config.head_dropout)
             self.classifier = make_head(config, head, num_labels, rngs)
         elif head == "sequence_classification":
             self.score = make_head(config, head, num_labels, rngs)
@@ -376,8 +397,7 @@ class GPT2(nnx.Module):
             backbone_key, head_key = jax.random.split(dropout_key)
         x = self.transformer(input_ids, attention_mask, backbone_key)  # [B, T, D] float32
         if self.head == "token_classification":
-            x = self.dropout(x, deterministic=head_key is None, rngs=head_key)
-            return self.classifier(x)  # [B, T, num_labels]
+            return self.classifier(dropout(x, self.config.head_dropout, head_key))  # [B, T, num_labels]
         if self.head == "sequence_classification":
             # The last real token under right padding. Hugging Face finds it by comparing ids to
             # pad_token_id, which breaks when the pad id is EOS and EOS occurs in the text.

@@ -7,7 +7,7 @@ import pytest
 import transformers
 from flax import nnx
 
-from gptjax.model import SIZES, GPT2Config, abstract_model, count_params, init_model
+from gptjax.model import SIZES, GPT2Config, abstract_model, count_params, dropout, init_model
 
 TINY = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=97, n_positions=48)
 
@@ -72,6 +72,41 @@ def test_dropout_only_with_a_key():
     np.testing.assert_array_equal(np.asarray(k1), np.asarray(k1_again))
     assert not np.allclose(np.asarray(k1), np.asarray(a))
     assert not np.allclose(np.asarray(k1), np.asarray(k2))
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_drops_at_its_rate_and_keeps_the_expectation(rate):
+    x = jnp.full((301, 257), 2.0)  # an odd count: the last 32-bit word is half used
+    y = np.asarray(dropout(x, rate, jax.random.key(0)))
+    dropped = y == 0
+    assert abs(dropped.mean() - rate) < 0.005
+    np.testing.assert_allclose(y[~dropped], 2.0 / (1 - rate), rtol=1e-4)
+    assert abs(y.mean() - 2.0) < 0.02
+    # Neighbours come from the two halves of one random word: they must not move together.
+    pairs = dropped.reshape(-1)[: dropped.size // 2 * 2].reshape(-1, 2)
+    assert abs((pairs[:, 0] & pairs[:, 1]).mean() - rate**2) < 0.005
+    other = np.asarray(dropout(x, rate, jax.random.key(1))) == 0
+    assert abs((dropped & other).mean() - rate**2) < 0.005
+    np.testing.assert_array_equal(np.asarray(dropout(x, rate, None)), np.asarray(x))
+
+
+@pytest.mark.fast
+def test_unrolled_layers_give_the_same_outputs_and_gradients():
+    ids, mask = _batch()
+    config = TINY.replace(n_layer=3)
+
+    def run(unroll):
+        model = init_model(config, "token_classification", num_labels=3, unroll=unroll)
+        loss = lambda m: jnp.sum(m(ids, mask, dropout_key=jax.random.key(3)) ** 2)  # noqa: E731
+        return nnx.value_and_grad(loss)(model)
+
+    (rolled, g_rolled), (unrolled, g_unrolled) = run(1), run(3)
+    np.testing.assert_allclose(float(rolled), float(unrolled), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_rolled), jax.tree.leaves(g_unrolled)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="unroll=0"):
+        config.replace(unroll=0)
 
 
 @pytest.mark.fast
