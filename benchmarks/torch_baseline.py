@@ -28,7 +28,7 @@ import jax  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from gptjax import benchmark, tasks  # noqa: E402
+from gptjax import benchmark, malloc, tasks  # noqa: E402
 from gptjax.config import apply_overrides, load_config  # noqa: E402
 
 
@@ -90,7 +90,7 @@ def environment(device: torch.device) -> dict:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": py_platform.python_version(), "torch_threads": torch.get_num_threads()},
         "xla_flags": "", "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-        "load_average": round(os.getloadavg()[0], 2),
+        "malloc": malloc.setting(), "load_average": round(os.getloadavg()[0], 2),
     }
 
 

@@ -28,7 +28,7 @@ def base_config() -> ConfigDict:
     c.model.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
     c.model.attention = "xla"  # or "cudnn" (GPU flash attention where shapes allow)
     c.model.remat = False
-    c.model.unroll = config_dict.placeholder(int)  # blocks per layer-scan iteration; None: all on a CPU, else 1
+    c.model.unroll = config_dict.placeholder(int)  # blocks per layer-scan iteration; None: all on a CPU without remat, else 1
     c.model.dropout = config_dict.placeholder(float)  # None: the checkpoint's own dropouts
     c.model.arch = ConfigDict()  # for init="scratch": changes to the named size
     for key in ("n_layer", "n_embd", "n_head", "n_positions"):

@@ -79,7 +79,11 @@ def test_token_task_end_to_end(fixture, request, tmp_path):
     results = train_and_evaluate(config, str(tmp_path))
     saved, lines = check_outputs(tmp_path, "token")
     assert saved["test"]["f1"] == results["test"]["f1"]
-    assert results["test"]["f1"] > 0.3  # it learned something in 4 tiny epochs
+    # It learned something in 4 tiny epochs. The loss, not the F1, says so reliably: the test F1
+    # of this 1-layer model moves between 0.06 and 0.31 with the seed (dropout's draws), before
+    # and after gptjax's dropout changed how it draws them; the loss falls from 2.1 to 0.6 in each.
+    losses = [l["loss"] for l in lines if l["split"] == "train"]
+    assert losses[-1] < 0.5 * losses[0] and results["test"]["f1"] > 0.03
     # Evaluation lines per epoch; the test line last.
     assert [l["split"] for l in lines if l["split"] != "train"] == ["validation"] * 4 + ["test"]
     examples, preds = gptjax_predictions(tmp_path, "test")
