@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from gptjax.config import ConfigError
-from gptjax.model import GPT2
+from gptjax.model import GPT2, dropout
 
 FREEZE = ("none", "head_only", "top_k")
 TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -100,9 +100,7 @@ class LoRALinear(nnx.Linear):
 
     def __call__(self, x, dropout_key=None):  # x: [..., in]
         y = super().__call__(x)
-        if dropout_key is not None and self.lora_dropout > 0:
-            keep = jax.random.bernoulli(dropout_key, 1.0 - self.lora_dropout, x.shape)
-            x = jnp.where(keep, x / (1.0 - self.lora_dropout), 0.0).astype(x.dtype)
+        x = dropout(x, self.lora_dropout, dropout_key)
         x, a, b = self.promote_dtype((x, self.lora_a[...], self.lora_b[...]), dtype=self.dtype)
         # (x A) B: two thin matmuls, never the [in, out] product, so the backward pass computes no
         # full-size weight gradient. On [B * T, in] rather than [B, T, in]: XLA:CPU runs the
