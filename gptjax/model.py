@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gptjax.dropout import dropout
 from gptjax.sharding import constrain
 
 HEADS = ("token_classification", "sequence_classification", "causal_lm")
@@ -220,25 +221,6 @@ def _attention_with_dropout(q, k, v, mask, rate, key):
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = dropout(jax.nn.softmax(scores, axis=-1), rate, key).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-
-
-# Dropout decides with 16 random bits, two decisions from each 32-bit word: JAX's threefry costs one
-# hash per word, and on a CPU the hashes were most of what dropout cost.
-_DROPOUT_LEVELS = 1 << 16
-
-
-def dropout(x, rate: float, key):
-    """x with each element zeroed with probability `rate` (rounded to a multiple of 2^-16) and the
-    others scaled by the inverse of the kept fraction, so the expectation is x; x itself when `key`
-    is None (evaluation) or rate is 0."""
-    if key is None or rate == 0:
-        return x
-    threshold = min(round(rate * _DROPOUT_LEVELS), _DROPOUT_LEVELS - 1)
-    n = math.prod(x.shape)
-    words = jax.random.bits(key, ((n + 1) // 2,), jnp.uint32)
-    levels = jnp.stack([words & 0xFFFF, words >> 16], axis=-1).reshape(-1)[:n].reshape(x.shape)
-    scale = jnp.asarray(_DROPOUT_LEVELS / (_DROPOUT_LEVELS - threshold), x.dtype)
-    return jnp.where(levels >= threshold, x * scale, jnp.zeros((), x.dtype))
 
 
 def _key(keys, i):

@@ -104,29 +104,28 @@ def make_train_step(graphdef, tx, *, seed: int, grad_accum_steps: int = 1, parti
         # Rows i, i+A, i+2A, ... form micro-batch i: the split stays local to each device's rows.
         micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(-1, grad_accum_steps, *x.shape[1:]), 0, 1), batch)
         step_key = jax.random.fold_in(base_key, state.step)
+        # The loss is the masked mean over the whole batch, however it is split: each micro-batch's
+        # sum is divided by the batch's count inside the loss, so the gradients arrive as the mean
+        # with no pass of their own over the parameters.
+        denominator = jnp.maximum(jnp.sum(batch["labels"] != IGNORE_INDEX), 1).astype(jnp.float32)
 
         def accumulate(carry, inputs):
-            grads, loss_sum, count = carry
+            grads, loss_sum = carry
             index, mb = inputs
 
             def loss_fn(params):
                 model = nnx.merge(graphdef, partition.merge(params, frozen))
                 logits = model(mb["input_ids"], mb["attention_mask"], dropout_key=jax.random.fold_in(step_key, index))
-                return masked_cross_entropy(logits, mb["labels"])
+                return masked_cross_entropy(logits, mb["labels"])[0] / denominator
 
-            (mb_loss, mb_count), mb_grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-            grads = jax.tree.map(jnp.add, grads, mb_grads)
-            return (grads, loss_sum + mb_loss, count + mb_count), None
+            mb_loss, mb_grads = jax.value_and_grad(loss_fn)(state.params)
+            return (jax.tree.map(jnp.add, grads, mb_grads), loss_sum + mb_loss), None
 
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-        (grads, loss_sum, count), _ = jax.lax.scan(accumulate, init, (jnp.arange(grad_accum_steps), micro))
-        # The gradient of the masked mean over the whole batch, however it was split.
-        denominator = jnp.maximum(count, 1).astype(jnp.float32)
-        grads = jax.tree.map(lambda g: g / denominator, grads)
+        init = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32))
+        (grads, loss), _ = jax.lax.scan(accumulate, init, (jnp.arange(grad_accum_steps), micro))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss_sum / denominator, "grad_norm": optax.tree.norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, opt_state), metrics
 
     out_shardings = None if state_sharding is None else (state_sharding, None)

@@ -70,6 +70,23 @@ def test_time_steps_counts_recompilation():
     assert len(timing["times"]) == 3 and timing["pipelined_s"] > 0
 
 
+def test_warm_up_runs_until_memory_stops_growing():
+    calls = []
+    batches = iter(range(100))
+    peaks = iter([10, 20, 20, 30, 40, 40, 40, 40])  # before and after each round
+
+    def step(batch):
+        calls.append(batch)
+
+    benchmark.warm_up(step, batches, lambda _: None, 2, memory=lambda: next(peaks))
+    # 2 steps (grew 10 -> 20), 2 more (20 -> 30: grew), 2 more (40 -> 40: settled).
+    assert calls == [0, 1, 2, 3, 4, 5]
+    benchmark.warm_up(step, batches, lambda _: None, 0, memory=lambda: 0)
+    assert len(calls) == 6
+    benchmark.warm_up(step, batches, lambda _: None, 1, most=3, memory=iter(range(100)).__next__)
+    assert len(calls) == 9  # always growing: stops at `most`
+
+
 TINY = ["--config.model.arch.n_layer=1", "--config.model.arch.n_embd=32", "--config.model.arch.n_head=2",
         "--config.model.arch.n_positions=16", "--config.tokenizer.vocab_size=300", "--config.data.max_length=16",
         "--config.train.batch_size=8", "--config.train.eval_batch_size=8"]

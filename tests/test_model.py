@@ -1,12 +1,14 @@
 """The GPT-2 module itself: shapes, masking, dropout, initialisation, sizes."""
 
 import jax
+import jax.extend.random
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import transformers
 from flax import nnx
 
+from gptjax.dropout import _counters, threefry_2x32
 from gptjax.model import SIZES, GPT2Config, abstract_model, count_params, dropout, init_model
 
 TINY = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=97, n_positions=48)
@@ -77,18 +79,44 @@ def test_dropout_only_with_a_key():
 @pytest.mark.fast
 @pytest.mark.parametrize("rate", [0.1, 0.5])
 def test_dropout_drops_at_its_rate_and_keeps_the_expectation(rate):
-    x = jnp.full((301, 257), 2.0)  # an odd count: the last 32-bit word is half used
+    x = jnp.full((301, 257), 2.0)
     y = np.asarray(dropout(x, rate, jax.random.key(0)))
     dropped = y == 0
     assert abs(dropped.mean() - rate) < 0.005
     np.testing.assert_allclose(y[~dropped], 2.0 / (1 - rate), rtol=1e-4)
     assert abs(y.mean() - 2.0) < 0.02
-    # Neighbours come from the two halves of one random word: they must not move together.
-    pairs = dropped.reshape(-1)[: dropped.size // 2 * 2].reshape(-1, 2)
-    assert abs((pairs[:, 0] & pairs[:, 1]).mean() - rate**2) < 0.005
+    # Each element hashes its own index: neighbours along either axis must not move together.
+    for a, b in ((dropped[:, 1:], dropped[:, :-1]), (dropped[1:], dropped[:-1])):
+        assert abs((a & b).mean() - rate**2) < 0.005
     other = np.asarray(dropout(x, rate, jax.random.key(1))) == 0
     assert abs((dropped & other).mean() - rate**2) < 0.005
     np.testing.assert_array_equal(np.asarray(dropout(x, rate, None)), np.asarray(x))
+    # Under jit, in a bigger array and in bfloat16, the same element gets the same decision.
+    same = jax.jit(lambda x: dropout(x, rate, jax.random.key(0)))(x.astype(jnp.bfloat16))
+    np.testing.assert_array_equal(np.asarray(same) == 0, dropped)
+
+
+@pytest.mark.fast
+def test_dropout_bits_are_threefry_2x32():
+    # Random123's known answer for Threefry-2x32-20 (key 0, counter 0), and JAX's own primitive.
+    zero = jnp.uint32(0)
+    assert [int(w) for w in threefry_2x32((zero, zero), zero, zero)] == [0x6B200159, 0x99BA4EFE]
+    key = jax.random.bits(jax.random.key(5), (2,), jnp.uint32)
+    x0, x1 = (jax.random.bits(jax.random.key(i), (1000,), jnp.uint32) for i in (6, 7))
+    expected = jax.extend.random.threefry2x32_p.bind(key[0], key[1], x0, x1)
+    for got, want in zip(jax.jit(threefry_2x32)((key[0], key[1]), x0, x1), expected):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.fast
+def test_dropout_counts_past_32_bits():
+    low, high = _counters((3, 5))
+    np.testing.assert_array_equal(np.asarray(low), np.arange(15).reshape(3, 5))
+    np.testing.assert_array_equal(np.asarray(high), 0)
+    low, high = jax.eval_shape(lambda: _counters((2**20, 2**13)))  # 2^33 elements: two words
+    assert low.shape == high.shape == (2**20, 2**13)
+    with pytest.raises(ValueError, match="shape"):
+        jax.eval_shape(lambda: _counters((2**32,)))
 
 
 @pytest.mark.fast
