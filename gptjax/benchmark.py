@@ -282,19 +282,19 @@ def warm_up(run_step, batches, sync, steps: int, most: int = 24, memory=peak_rss
     their temporaries at once, and on a CPU the heap takes a dozen steps to settle at that
     footprint: the page faults of that growth made the first timed steps 20% slower. `memory`:
     the process's peak memory now."""
-    done = 0
-    while done < most:
+    if steps <= 0:
+        return
+    n, done = steps, 0
+    while True:
         before = memory()
-        n = steps if done == 0 else 2
-        if n <= 0:
-            return
         result = None
         for _ in range(n):
             result = run_step(next(batches))
         sync(result)
         done += n
-        if memory() == before:
+        if memory() == before or done >= most:
             return
+        n = 2
 
 
 def time_steps(runners: dict, *, warmup: int, steps: int) -> dict:

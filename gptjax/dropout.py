@@ -21,7 +21,7 @@ _WORD = 1 << 32
 
 def threefry_2x32(key, x0, x1):
     """Threefry-2x32 with 20 rounds: key (k0, k1) uint32 scalars, x0, x1 the counter words (uint32
-    arrays of one shape); the two random words. Equal to jax.extend.random.threefry_2x32."""
+    arrays of one shape); the two random words. Equal to jax.extend.random.threefry2x32_p."""
     k0, k1 = key
     ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
     x0, x1 = x0 + k0, x1 + k1

@@ -34,7 +34,8 @@ import numpy as np
 from flax import nnx
 
 from gptjax.config import ConfigError
-from gptjax.model import GPT2, dropout
+from gptjax.dropout import dropout
+from gptjax.model import GPT2
 
 FREEZE = ("none", "head_only", "top_k")
 TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")

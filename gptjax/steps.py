@@ -110,7 +110,7 @@ def make_train_step(graphdef, tx, *, seed: int, grad_accum_steps: int = 1, parti
         denominator = jnp.maximum(jnp.sum(batch["labels"] != IGNORE_INDEX), 1).astype(jnp.float32)
 
         def accumulate(carry, inputs):
-            grads, loss_sum = carry
+            grads, loss = carry
             index, mb = inputs
 
             def loss_fn(params):
@@ -119,7 +119,7 @@ def make_train_step(graphdef, tx, *, seed: int, grad_accum_steps: int = 1, parti
                 return masked_cross_entropy(logits, mb["labels"])[0] / denominator
 
             mb_loss, mb_grads = jax.value_and_grad(loss_fn)(state.params)
-            return (jax.tree.map(jnp.add, grads, mb_grads), loss_sum + mb_loss), None
+            return (jax.tree.map(jnp.add, grads, mb_grads), loss + mb_loss), None
 
         init = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros((), jnp.float32))
         (grads, loss), _ = jax.lax.scan(accumulate, init, (jnp.arange(grad_accum_steps), micro))

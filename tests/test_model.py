@@ -8,8 +8,8 @@ import pytest
 import transformers
 from flax import nnx
 
-from gptjax.dropout import _counters, threefry_2x32
-from gptjax.model import SIZES, GPT2Config, abstract_model, count_params, dropout, init_model
+from gptjax.dropout import _counters, dropout, threefry_2x32
+from gptjax.model import SIZES, GPT2Config, abstract_model, count_params, init_model
 
 TINY = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=97, n_positions=48)
 
