@@ -58,10 +58,26 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm as one multiply by the scalar min(1, max_norm / norm), as PyTorch's
+    clip_grad_norm_ does. Optax selects between each gradient and its quotient by the norm; XLA
+    writes that quotient out (a divide is too dear to repeat in each consumer), and the moments'
+    updates then read both arrays: two extra passes over every parameter. A scalar multiply fuses
+    into the moments' updates. Same state (none), so checkpoints are unchanged."""
+
+    def update(updates, state, params=None):
+        del params
+        norm = optax.tree.norm(updates)
+        scale = jnp.minimum(1.0, max_norm / norm)  # a zero norm gives inf, so 1; a NaN stays NaN
+        return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(train_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     schedule = learning_rate_schedule(train_cfg, total_steps)
     tx = optax.chain(
-        optax.clip_by_global_norm(train_cfg.max_grad_norm),
+        clip_by_global_norm(train_cfg.max_grad_norm),
         optax.adamw(
             schedule, b1=train_cfg.adam_b1, b2=train_cfg.adam_b2, eps=train_cfg.adam_eps,
             weight_decay=train_cfg.weight_decay, mask=decay_mask,

@@ -8,7 +8,10 @@ from flax import nnx
 from gptjax import sharding
 from gptjax.config import base_config
 from gptjax.model import GPT2Config, init_model
-from gptjax.steps import decay_mask, init_state, make_optimizer, make_train_step, masked_cross_entropy
+import optax
+
+from gptjax.steps import (clip_by_global_norm, decay_mask, init_state, make_optimizer, make_train_step,
+                          masked_cross_entropy)
 
 TINY = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=16)
 
@@ -45,6 +48,30 @@ def test_schedule_warms_up_then_decays():
     np.testing.assert_allclose(float(schedule(10)), 1e-3, rtol=1e-5)
     np.testing.assert_allclose(float(schedule(60)), 5e-4, rtol=1e-5)
     assert float(schedule(110)) == 0.0
+
+
+def test_clip_by_global_norm_matches_optax():
+    # Scaled by min(1, max_norm / norm) in one multiply: optax's result to rounding, its (empty)
+    # state, so checkpoints keep their structure; small gradients pass through bit for bit.
+    grads = {"a": jnp.arange(6.0).reshape(2, 3), "b": {"c": jnp.array([-3.0, 4.0])}}
+    norm = float(optax.tree.norm(grads))
+    for max_norm in (0.5, norm / 2, 2 * norm):
+        ours, theirs = clip_by_global_norm(max_norm), optax.clip_by_global_norm(max_norm)
+        state = ours.init(grads)
+        assert jax.tree.structure(state) == jax.tree.structure(theirs.init(grads))
+        got, _ = ours.update(grads, state)
+        want, _ = theirs.update(grads, theirs.init(grads))
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(g, w, rtol=1e-6)
+        np.testing.assert_allclose(float(optax.tree.norm(got)), min(norm, max_norm), rtol=1e-6)
+    unclipped, _ = clip_by_global_norm(2 * norm).update(grads, None)
+    for g, w in zip(jax.tree.leaves(unclipped), jax.tree.leaves(grads)):
+        np.testing.assert_array_equal(g, w)
+    zeros = jax.tree.map(jnp.zeros_like, grads)
+    for g in jax.tree.leaves(clip_by_global_norm(1.0).update(zeros, None)[0]):
+        np.testing.assert_array_equal(g, 0.0)  # a zero norm neither divides by zero nor makes NaN
+    nan = {"a": jnp.array([jnp.nan, 1.0])}
+    assert np.isnan(clip_by_global_norm(1.0).update(nan, None)[0]["a"]).all()  # a NaN is not hidden
 
 
 def _batch(seed=0, rows=8, length=12):
