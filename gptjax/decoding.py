@@ -174,7 +174,7 @@ def _decode(graphdef, params, prompt_ids, prompt_mask, rows, shared, *, new_toke
     positions = jnp.maximum(jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1, 0)
     # Decode columns all count as real: a step sees them only up to its own (the causal bound).
     key_mask = jnp.concatenate([mask, jnp.ones((b, n), bool)], axis=1)
-    cache = jax.tree.map(lambda c: constrain(c, "batch", None, None, None), model.init_cache(b, p + n))
+    cache = jax.tree.map(lambda c: constrain(c, "batch", None, None), model.init_cache(b, p + n))
     keys = jax.vmap(jax.random.key)(rows["seed"])
 
     def pick(logits, t):
