@@ -4,6 +4,7 @@ import json
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -49,8 +50,9 @@ def test_datasheet_peaks_match_device_kinds():
 
 
 def test_summarize_arithmetic():
-    timing = {"compile_time_s": 1.5, "times": [0.3, 0.1, 0.2, 0.4], "pipelined_s": 1.0, "steps": 4,
-              "compilations_after_warmup": 0}
+    # One stalled pipelined step (2 s) moves the mean, not the median: throughput is the median's.
+    timing = {"compile_time_s": 1.5, "times": [0.3, 0.1, 0.2, 0.4], "pipelined": [0.25, 0.25, 2.0, 0.25],
+              "pipelined_s": 2.75, "steps": 4, "compilations_after_warmup": 0}
     s = benchmark.summarize(timing, batch=8, length=128, flops=4e12, peak=2e12, num_devices=2)
     assert s["step_time_ms"] == 250.0  # median of 100, 200, 300, 400 ms
     assert s["step_time_ms_spread"]["min"] == 100.0 and s["step_time_ms_spread"]["max"] == 400.0
@@ -67,7 +69,29 @@ def test_time_steps_counts_recompilation():
     batches = (np.ones(next(shapes), np.float32) for _ in range(8))
     timing = benchmark.time_steps({"f": (f, batches, jax.block_until_ready)}, warmup=1, steps=3)["f"]
     assert timing["compilations_after_warmup"] == 1
-    assert len(timing["times"]) == 3 and timing["pipelined_s"] > 0
+    assert len(timing["times"]) == 3 and len(timing["pipelined"]) == 3
+    assert timing["pipelined_s"] == pytest.approx(sum(timing["pipelined"]))
+
+
+def test_pipelined_steps_sync_one_step_behind_a_donated_state():
+    # As a training loop: step k+1 is dispatched before step k is waited for, and the state each
+    # step donates is never what gets synced (a donated buffer cannot be waited on).
+    step = jax.jit(lambda state, x: (state + x, jnp.sum(state)), donate_argnums=0)
+    state = [jnp.zeros((64,), jnp.float32)]
+    synced = []
+
+    def run_step(x):
+        state[0], metric = step(state[0], x)
+        return metric
+
+    def sync(metric):
+        synced.append(float(jax.block_until_ready(metric)))
+
+    batches = (np.full((64,), 1.0, np.float32) for _ in range(20))
+    timing = benchmark.time_steps({"s": (run_step, batches, sync)}, warmup=1, steps=4)["s"]
+    assert len(timing["pipelined"]) == 4 and all(t > 0 for t in timing["pipelined"])
+    last = synced[-4:]  # each pipelined step's own metric, in order: the state grows by 64 a step
+    assert np.diff(last).tolist() == [64.0] * 3 and last[0] > 0
 
 
 def test_warm_up_runs_until_memory_stops_growing():
