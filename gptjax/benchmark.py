@@ -277,7 +277,7 @@ def peak_rss() -> int:
 
 
 def warm_up(run_step, batches, sync, steps: int, most: int = 24, memory=peak_rss):
-    """`steps` steps dispatched back to back, as the pipelined phase runs them, then more, in pairs,
+    """`steps` steps dispatched back to back (two in flight, as in the pipelined phase), then more, in pairs,
     while the process's peak memory still grows (at most `most` in all). Two steps in flight hold
     their temporaries at once, and on a CPU the heap takes a dozen steps to settle at that
     footprint: the page faults of that growth made the first timed steps 20% slower. `memory`:
