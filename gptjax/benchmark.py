@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import logging
 import os
@@ -329,7 +330,7 @@ def time_steps(runners: dict, *, warmup: int, steps: int) -> dict:
             previous = result
         sync(previous)
         ends.append(time.perf_counter())
-        out[name]["pipelined"] = [b - a for a, b in zip(ends, ends[1:])]
+        out[name]["pipelined"] = [b - a for a, b in itertools.pairwise(ends)]
         out[name]["pipelined_s"] = ends[-1] - ends[0]
     for timing in out.values():
         timing["compilations_after_warmup"] = counter.compiles - after_warmup
