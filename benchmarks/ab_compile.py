@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax  # noqa: E402
 
 from gptjax import benchmark  # noqa: E402
+from gptjax.cli import config_overrides
 from gptjax.config import apply_overrides, load_config  # noqa: E402
 
 
@@ -65,9 +66,7 @@ def main():
     parser.add_argument("--b", required=True, help="compiler options of variant b")
     parser.add_argument("--steps", type=int, default=8, help="timed steps of each variant")
     args, rest = parser.parse_known_args()
-    overrides = dict(item[len("--config."):].split("=", 1) for item in rest if item.startswith("--config."))
-    if len(overrides) != len(rest):
-        parser.error(f"unrecognised arguments {rest} (overrides are written --config.KEY=VALUE)")
+    overrides = config_overrides(rest, parser)
     config = apply_overrides(load_config(args.config), overrides)
     options = {"a": compiler_options(args.a), "b": compiler_options(args.b)}
     variants = {name: Variant(config, opts) for name, opts in options.items()}

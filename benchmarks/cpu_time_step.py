@@ -21,6 +21,8 @@ import collections
 import ctypes
 import os
 import re
+import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax  # noqa: E402
 
 from gptjax import benchmark  # noqa: E402
+from gptjax.cli import config_overrides
 from gptjax.config import apply_overrides, load_config  # noqa: E402
 
 
@@ -58,7 +61,7 @@ def _elf_functions(image: bytes) -> list[tuple[int, int, str]]:
 
 def write_perf_map() -> int:
     """Names XLA:CPU's JIT-compiled kernels for perf; returns how many."""
-    maps = open("/proc/self/maps").read().splitlines()
+    maps = Path("/proc/self/maps").read_text().splitlines()
     library = next(line.split()[-1] for line in maps if line.endswith("libjax_common.so"))
     base = min(int(line.split("-")[0], 16) for line in maps if line.endswith(library) and line.split()[2] == "00000000")
     symbols = subprocess.run(["nm", library], capture_output=True, text=True, check=True).stdout
@@ -102,28 +105,35 @@ def main() -> None:
     parser.add_argument("--system", action="store_true", help="sample every CPU (shows idle time)")
     parser.add_argument("--top", type=int, default=12, help="also list this many symbols")
     args, rest = parser.parse_known_args()
-    overrides = dict(item[len("--config."):].split("=", 1) for item in rest if item.startswith("--config."))
-    config = apply_overrides(load_config(args.config), overrides)
+    missing = [tool for tool in ("perf", "nm") if shutil.which(tool) is None]
+    if missing:
+        parser.error(f"needs {' and '.join(missing)} on the PATH (perf: the linux-tools package; nm: binutils)")
+    config = apply_overrides(load_config(args.config), config_overrides(rest, parser))
     bench = benchmark.GptjaxSteps(config)
     batches = bench.batches()
-    for _ in range(4):
-        jax.block_until_ready(bench.train(next(batches)))
+    jax.block_until_ready(bench.train(next(batches)))  # compiles
+    benchmark.warm_up(bench.train, batches, jax.block_until_ready, steps=2)
     print(f"named {write_perf_map()} JIT-compiled kernels")
-    data = Path(tempfile.mkdtemp(prefix="gptjax-perf-")) / "perf.data"
-    target = ["-a"] if args.system else ["-p", str(os.getpid())]
-    recorder = subprocess.Popen(["perf", "record", "-F", str(args.frequency), *target, "-o", str(data)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1)
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        jax.block_until_ready(bench.train(next(batches)))
-        times.append(time.perf_counter() - start)
-    recorder.send_signal(2)
-    recorder.wait()
-    print("steps (s):", " ".join(f"{t:.2f}" for t in times), f"load average {os.getloadavg()[0]:.2f}")
-    report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "comm,dso,sym", "-q",
-                             "-g", "none"], capture_output=True, text=True, check=True).stdout
+    with tempfile.TemporaryDirectory(prefix="gptjax-perf-") as scratch:
+        data = str(Path(scratch) / "perf.data")
+        target = ["-a"] if args.system else ["-p", str(os.getpid())]
+        recorder = subprocess.Popen(["perf", "record", "-F", str(args.frequency), *target, "-o", data],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        times = []
+        try:
+            time.sleep(1)
+            for _ in range(args.steps):
+                start = time.perf_counter()
+                jax.block_until_ready(bench.train(next(batches)))
+                times.append(time.perf_counter() - start)
+        finally:  # a system-wide recorder must not outlive this process
+            recorder.send_signal(signal.SIGINT)
+            _, errors = recorder.communicate()
+        if recorder.returncode not in (0, -signal.SIGINT):
+            sys.exit(f"perf record failed ({recorder.returncode}): {errors.strip()[-500:]}")
+        print("steps (s):", " ".join(f"{t:.2f}" for t in times), f"load average {os.getloadavg()[0]:.2f}")
+        report = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "comm,dso,sym", "-q",
+                                 "-g", "none"], capture_output=True, text=True, check=True).stdout
     shares, symbols = collections.Counter(), []
     for line in filter(str.strip, report.splitlines()):
         percent, rest = line.split(None, 1)

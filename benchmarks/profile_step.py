@@ -35,6 +35,7 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={DUM
 import jax  # noqa: E402
 
 from gptjax import benchmark  # noqa: E402
+from gptjax.cli import config_overrides
 from gptjax.config import apply_overrides, load_config  # noqa: E402
 
 RUNTIME_EVENTS = ("ThunkExecutor", "SlinkyThreadPool", "ThreadpoolListener", "end: ")
@@ -156,9 +157,7 @@ def main():
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--no-torch", action="store_true")
     args, rest = parser.parse_known_args()
-    overrides = dict(item[len("--config."):].split("=", 1) for item in rest if item.startswith("--config."))
-    if len(overrides) != len(rest):
-        parser.error(f"unrecognised arguments {rest} (overrides are written --config.KEY=VALUE)")
+    overrides = config_overrides(rest, parser)
     config = apply_overrides(load_config(args.config), overrides)
     print(f"load average {os.getloadavg()[0]:.2f}; GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')!r}")
     show("gptjax (XLA thunks)", *profile_gptjax(config, args.steps))

@@ -29,6 +29,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from gptjax import benchmark, malloc, tasks  # noqa: E402
+from gptjax.cli import config_overrides
 from gptjax.config import apply_overrides, load_config  # noqa: E402
 
 
@@ -134,9 +135,7 @@ def main():
     parser.add_argument("--no-eager", action="store_true", help="leave out the eager model")
     parser.add_argument("--with-gptjax", action="store_true", help="interleave gptjax's train step")
     args, rest = parser.parse_known_args()
-    overrides = dict(item[len("--config."):].split("=", 1) for item in rest if item.startswith("--config."))
-    if len(overrides) != len(rest):
-        parser.error(f"unrecognised arguments {rest} (overrides are written --config.KEY=VALUE)")
+    overrides = config_overrides(rest, parser)
     config = apply_overrides(load_config(args.config), overrides)
     model_config = benchmark.model_config_of(config)
 

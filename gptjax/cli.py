@@ -69,13 +69,19 @@ def parse_args(argv):
         for flag in ("config", "workdir"):
             if getattr(args, flag) is None:
                 parser.error(f"--{flag} is required for --mode={args.mode}")
+    return args, config_overrides(rest, parser)
+
+
+def config_overrides(rest: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The --config.KEY=VALUE arguments parse_known_args left over, as {KEY: VALUE}; anything else
+    is a usage error. The command line's and the benchmark scripts' one reading of them."""
     overrides = {}
     for item in rest:
         if not item.startswith("--config.") or "=" not in item:
             parser.error(f"unrecognised argument {item!r} (overrides are written --config.KEY=VALUE)")
         key, value = item[len("--config."):].split("=", 1)
         overrides[key] = value
-    return args, overrides
+    return overrides
 
 
 def main(argv=None):
