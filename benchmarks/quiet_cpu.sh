@@ -5,6 +5,8 @@
 #   1. separate processes, each as a user runs it: gptjax's command line (which restarts itself
 #      under its malloc settings, gptjax/malloc.py) and PyTorch with glibc's defaults, taking
 #      turns, twice; BEFORE=DIR adds, first, the command line of an older checkout in DIR;
+#      ALSO_PYTHON=PATH adds to each round gptjax's command line under that Python (for instance a
+#      virtualenv on Python >= 3.12, where pip serves the newest JAX);
 #   2. one process, their steps interleaved (benchmarks/torch_baseline.py --with-gptjax): both with
 #      glibc's defaults, then both under gptjax's malloc settings.
 # Records are appended to benchmarks/results/cpu_quiet.jsonl (RESULTS=... to change).
@@ -22,6 +24,10 @@ if [ -n "${BEFORE:-}" ]; then
 fi
 for round in 1 2; do
   load; python run.py "${shape[@]}" --workdir="$work/g$round" --mode=benchmark --results="$results" 2>&1 | grep -E "^1x" || true
+  if [ -n "${ALSO_PYTHON:-}" ]; then
+    load; echo "gptjax under $ALSO_PYTHON:"
+    "$ALSO_PYTHON" run.py "${shape[@]}" --workdir="$work/a$round" --mode=benchmark --results="$results" 2>&1 | grep -E "^1x" || true
+  fi
   load; python benchmarks/torch_baseline.py "${shape[@]}" --results="$results" 2>&1 | grep -E "^1x" || true
 done
 load; GLIBC_TUNABLES= python benchmarks/torch_baseline.py "${shape[@]}" --with-gptjax --results="$results" 2>&1 | tail -4

@@ -9,7 +9,8 @@ from the same config (gptjax.benchmark.GptjaxSteps, as `run.py --mode=benchmark`
 all of them in one process, taking turns step by step, so that a noisy machine slows each alike;
 it prints the median step times and their ratios. Records go to --results (one JSON line each),
 for `python -m gptjax.benchmark compare`. The MFU of every record is against the same peak: the
-data sheet's on an accelerator, on a CPU the fastest jax matmul measured in this run.
+data sheet's on an accelerator; on a CPU a jax matmul that takes its turn with the steps, each
+step's MFU against the matmul right after it (gptjax.benchmark.peak_probe).
 """
 
 from __future__ import annotations
@@ -106,22 +107,22 @@ def torch_matmul_flops(n: int = 2048, repeats: int = 5) -> float:
     return best
 
 
-def torch_record(steps: TorchSteps, framework, config, config_name, timing, peak, peak_source) -> dict:
+def torch_record(steps: TorchSteps, framework, config, config_name, timing, peak, peak_source, probe=None) -> dict:
     s, mc = steps.shapes, steps.model_config
     record = benchmark.base_record(framework, config, config_name, mc, steps.num_params)
     record.update(environment(steps.device))
     record["attention"] = f"transformers:{steps.attention}"
+    record.update(peak_flops_per_device=peak, peak_source=peak_source)
     record.update(benchmark.summarize(timing, batch=s["batch_size"], length=s["seq_len"], peak=peak, num_devices=1,
-                                      flops=benchmark.train_flops(mc, s["head"], s["num_labels"], s["batch_size"],
-                                                                  s["seq_len"])))
+                                      probe=probe, flops=benchmark.train_flops(mc, s["head"], s["num_labels"],
+                                                                               s["batch_size"], s["seq_len"])))
     # Compilations are XLA's; torch.compile's recompilations show in its own logs.
     record["compilations_after_warmup"] = None
     if steps.device.type == "cuda":
         memory, source = torch.cuda.max_memory_allocated(steps.device), "torch.cuda.max_memory_allocated"
     else:
         memory, source = None, "PyTorch keeps no CPU allocator statistics (see host_max_rss_bytes)"
-    record.update(peak_flops_per_device=peak, peak_source=peak_source, peak_memory_bytes=memory,
-                  memory_source=source, host_max_rss_bytes=benchmark.host_max_rss_bytes())
+    record.update(peak_memory_bytes=memory, memory_source=source, host_max_rss_bytes=benchmark.host_max_rss_bytes())
     return record
 
 
@@ -142,7 +143,7 @@ def main():
     gptjax = benchmark.GptjaxSteps(config) if args.with_gptjax else None
     device_kind = torch.cuda.get_device_name() if torch.cuda.is_available() else jax.devices()[0].device_kind
     platform = "gpu" if torch.cuda.is_available() else jax.devices()[0].platform
-    peak, peak_source = benchmark.peak_flops(device_kind, platform, model_config.dtype)
+    peak, peak_source, probe = benchmark.peak_flops(device_kind, platform, model_config.dtype)
 
     runners, steps = {}, {}
     if gptjax is not None:
@@ -152,20 +153,23 @@ def main():
             continue
         steps[framework] = TorchSteps(config, model_config, compile_model=compile_model)
         runners[framework] = (steps[framework].train, steps[framework].batches(), steps[framework].sync)
+    if probe:
+        runners[benchmark.PROBE] = probe
     timings = benchmark.time_steps(runners, warmup=args.warmup, steps=args.steps)
+    probed = timings.get(benchmark.PROBE)
 
     records = []
     if gptjax is not None:
         env = benchmark.environment(gptjax.mesh)
         records.append(benchmark.gptjax_record(gptjax, config, args.config, timings["gptjax"], None, env, peak,
-                                               peak_source))
+                                               peak_source, probe=probed))
     for framework, s in steps.items():
-        record = torch_record(s, framework, config, args.config, timings[framework], peak, peak_source)
+        record = torch_record(s, framework, config, args.config, timings[framework], peak, peak_source, probed)
         if s.device.type == "cpu":
             record["torch_matmul_flops"] = round(torch_matmul_flops())
         records.append(record)
     for record in records:
-        record["interleaved_with"] = sorted(set(runners) - {record["framework"]})
+        record["interleaved_with"] = sorted(set(runners) - {record["framework"], benchmark.PROBE})
         benchmark.finish(record, results=args.results)
     print(benchmark.format_table(records))
     medians = {name: statistics.median(t["times"]) for name, t in timings.items()}

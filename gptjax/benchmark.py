@@ -70,9 +70,10 @@ RECORD_FIELDS = {
     "median_step_tokens_per_sec": "batch_size * seq_len / step_time_ms: steadier than tokens_per_sec on a busy machine",
     "flops_per_step": "model FLOPs of one train step (train_flops: 3 x forward matmuls and causal attention)",
     "model_tflops_per_sec": "flops_per_step / that median pipelined step, in TFLOP/s (all devices)",
-    "peak_flops_per_device": "dense bf16 peak of the device from its data sheet; on a CPU, measured (see peak_source)",
+    "peak_flops_per_device": "dense bf16 peak of the device from its data sheet; on a CPU, measured: the median FLOP/s of a jax 2048^3 matmul timed after each synced step (see peak_source)",
+    "peak_flops_spread": "on a CPU, the slowest and fastest of those matmuls, FLOP/s",
     "peak_source": "where peak_flops_per_device comes from",
-    "mfu": "model_tflops_per_sec / (peak_flops_per_device * num_devices)",
+    "mfu": "model_tflops_per_sec / (peak_flops_per_device * num_devices); on a CPU, the median over the synced steps of each step's FLOP/s over the matmul's right after it (the machine's drift moves both alike)",
     "peak_memory_bytes": "peak device memory of the run (see memory_source)",
     "memory_source": "device allocator statistics, or XLA's memory analysis of the step where a CPU has none",
     "host_max_rss_bytes": "the process's peak resident memory",
@@ -182,28 +183,35 @@ def datasheet_peak(device_kind: str) -> tuple[float, str] | None:
     return None
 
 
-def measure_matmul_flops(dtype: str = "float32", sizes=(1024, 2048), repeats: int = 5) -> float:
-    """The best FLOP/s of [n, n] @ [n, n] jax matmuls on the default device: a CPU's peak."""
-    matmul = jax.jit(lambda x, y: x @ y)
-    best = 0.0
-    for n in sizes:
-        a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
-        matmul(a, a).block_until_ready()
-        for _ in range(repeats):
-            start = time.perf_counter()
-            matmul(a, a).block_until_ready()
-            best = max(best, 2 * n**3 / (time.perf_counter() - start))
-    return best
+PROBE = "matmul probe"  # time_steps' name for the runner that measures a CPU's peak
+PROBE_SIZE = 2048
 
 
-def peak_flops(device_kind: str, platform_name: str, dtype: str) -> tuple[float | None, str]:
-    """(peak FLOP/s per device, where it comes from); a CPU's is measured now, in `dtype`."""
+def peak_probe(dtype: str = "float32", n: int = PROBE_SIZE):
+    """A time_steps runner whose every call is one jax [n, n] @ [n, n] matmul: a CPU's peak,
+    measured in turn with the steps it is timed beside. This virtual machine's speed drifts by
+    10-20% within the hour: one peak measured before the steps moved the MFU of the same code
+    between 64% and 84%."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
+    matmul = jax.jit(lambda x: x @ x)
+    return lambda _: matmul(a), itertools.repeat(None), jax.block_until_ready
+
+
+def probe_peaks(probe: dict, n: int = PROBE_SIZE) -> list[float]:
+    """The FLOP/s of each of the probe's synced calls (time_steps' timing of peak_probe)."""
+    return [2 * n**3 / t for t in probe["times"]]
+
+
+def peak_flops(device_kind: str, platform_name: str, dtype: str) -> tuple[float | None, str, tuple | None]:
+    """(peak FLOP/s per device, where it comes from, a peak_probe runner to time beside the steps
+    where the peak is measured rather than known: a CPU's)."""
     known = datasheet_peak(device_kind)
     if known:
-        return known
+        return *known, None
     if platform_name == "cpu":
-        return measure_matmul_flops(dtype), f"measured: the fastest jax {dtype} 1024^3 or 2048^3 matmul, this run"
-    return None, f"unknown device kind {device_kind!r}: no MFU"
+        return None, (f"measured: a jax {dtype} {PROBE_SIZE}^3 matmul timed after each synced step (the "
+                      "median; mfu pairs each step with the matmul after it)"), peak_probe(dtype)
+    return None, f"unknown device kind {device_kind!r}: no MFU", None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,12 +345,22 @@ def time_steps(runners: dict, *, warmup: int, steps: int) -> dict:
     return out
 
 
-def summarize(timing: dict, *, batch: int, length: int, flops: int, peak: float | None, num_devices: int) -> dict:
+def summarize(timing: dict, *, batch: int, length: int, flops: int, peak: float | None, num_devices: int,
+              probe: dict | None = None) -> dict:
     """The record's timing fields from time_steps' measurements. Throughput is the pipelined
     steps' median: one stalled step (a busy host, the kernel compacting memory) moved their
-    mean by up to 8% on a 2-core VM."""
+    mean by up to 8% on a 2-core VM. With `probe` (peak_probe's timing from the same time_steps),
+    the peak is measured: MFU is the median over the synced steps of each step's FLOP/s over the
+    probe's right after it, so that the machine's drift moves both alike."""
     per_step = statistics.median(timing["pipelined"])
     achieved = flops / per_step
+    if probe is not None:
+        peaks = probe_peaks(probe)
+        mfu = statistics.median(flops / t / (p * num_devices) for t, p in zip(timing["times"], peaks, strict=True))
+        measured = {"peak_flops_per_device": round(statistics.median(peaks)),
+                    "peak_flops_spread": [round(min(peaks)), round(max(peaks))]}
+    else:
+        mfu, measured = (achieved / (peak * num_devices) if peak else None), {"peak_flops_spread": None}
     return {
         "compile_time_s": round(timing["compile_time_s"], 3),
         "step_time_ms": round(statistics.median(timing["times"]) * 1e3, 2),
@@ -353,8 +371,9 @@ def summarize(timing: dict, *, batch: int, length: int, flops: int, peak: float 
         "samples_per_sec": round(batch / per_step, 3),
         "flops_per_step": int(flops),
         "model_tflops_per_sec": round(achieved / 1e12, 4),
-        "mfu": None if not peak else round(achieved / (peak * num_devices), 4),
+        "mfu": None if mfu is None else round(mfu, 4),
         "compilations_after_warmup": timing["compilations_after_warmup"],
+        **measured,
     }
 
 
@@ -506,8 +525,10 @@ def base_record(framework: str, config, config_name: str, model_config, num_para
 
 
 def gptjax_record(bench: GptjaxSteps, config, config_name: str, timing: dict, eval_timing: dict | None,
-                  env: dict, peak: float | None, peak_source: str) -> dict:
-    """A record of gptjax's steps from time_steps' measurements."""
+                  env: dict, peak: float | None, peak_source: str, probe: dict | None = None,
+                  eval_probe: dict | None = None) -> dict:
+    """A record of gptjax's steps from time_steps' measurements (`probe`, `eval_probe`: peak_probe's
+    timing beside the train and eval steps, where the peak is measured)."""
     s, mc = bench.shapes, bench.model_config
     compiled = bench.compiled_train_step(next(bench.batches()))
     memory, memory_source = peak_memory(bench.mesh, compiled)
@@ -515,15 +536,16 @@ def gptjax_record(bench: GptjaxSteps, config, config_name: str, timing: dict, ev
     record = base_record("gptjax", config, config_name, mc, bench.num_params)
     record.update(env)
     record["attention"] = f"{mc.attention}:{ran}"
-    record.update(summarize(timing, batch=s["batch_size"], length=s["seq_len"], peak=peak,
-                            flops=train_flops(mc, s["head"], s["num_labels"], s["batch_size"], s["seq_len"]),
-                            num_devices=env["num_devices"]))
     record.update(peak_flops_per_device=peak, peak_source=peak_source, peak_memory_bytes=memory,
                   memory_source=memory_source, host_max_rss_bytes=host_max_rss_bytes())
+    record.update(summarize(timing, batch=s["batch_size"], length=s["seq_len"], peak=peak, probe=probe,
+                            flops=train_flops(mc, s["head"], s["num_labels"], s["batch_size"], s["seq_len"]),
+                            num_devices=env["num_devices"]))
     if eval_timing is not None:
         rows = s["eval_batch_size"]
-        e = summarize(eval_timing, batch=rows, length=s["seq_len"], peak=peak, num_devices=env["num_devices"],
-                      flops=forward_flops(mc, s["head"], s["num_labels"], rows, s["seq_len"]))
+        e = summarize(eval_timing, batch=rows, length=s["seq_len"], peak=peak, probe=eval_probe,
+                      num_devices=env["num_devices"], flops=forward_flops(mc, s["head"], s["num_labels"], rows,
+                                                                          s["seq_len"]))
         record["eval"] = {"batch_size": rows, **{k: e[k] for k in ("compile_time_s", "step_time_ms", "tokens_per_sec",
                                                                    "mfu", "compilations_after_warmup")}}
     return record
@@ -547,13 +569,15 @@ def run(config, workdir, *, config_name: str = "", results: str | None = None, s
     WORKDIR/benchmark.json, appends the record to `results`, and prints it as a table."""
     bench = GptjaxSteps(config)
     env = environment(bench.mesh)
-    peak, peak_source = peak_flops(env["device_kind"], env["platform"], bench.model_config.dtype)
+    peak, peak_source, probe = peak_flops(env["device_kind"], env["platform"], bench.model_config.dtype)
+    probes = {PROBE: probe} if probe else {}
     sync = jax.block_until_ready
-    timing = time_steps({"train": (bench.train, bench.batches(), sync)}, warmup=warmup, steps=steps)["train"]
-    eval_timing = time_steps({"eval": (bench.predict, bench.batches(eval_=True), sync)},
-                             warmup=2, steps=steps)["eval"]
-    record = finish(gptjax_record(bench, config, config_name, timing, eval_timing, env, peak, peak_source),
-                    workdir, results)
+    train = time_steps({"train": (bench.train, bench.batches(), sync), **probes}, warmup=warmup, steps=steps)
+    evaluation = time_steps({"eval": (bench.predict, bench.batches(eval_=True), sync), **probes},
+                            warmup=2, steps=steps)
+    record = gptjax_record(bench, config, config_name, train["train"], evaluation["eval"], env, peak, peak_source,
+                           probe=train.get(PROBE), eval_probe=evaluation.get(PROBE))
+    record = finish(record, workdir, results)
     print(format_table([record]))
     return record
 

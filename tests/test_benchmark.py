@@ -63,6 +63,25 @@ def test_summarize_arithmetic():
     assert s["mfu"] == 4.0  # 16e12 / (2e12 * 2 devices)
 
 
+def test_summarize_pairs_each_step_with_the_probe_after_it():
+    # The machine runs at half speed for the middle two rounds: the steps and the matmuls beside
+    # them alike. Each step ran at half the matmul's FLOP/s, so MFU is 0.5 throughout; against
+    # one peak for the whole run it would move with the drift (0.5 / 0.75 against the median).
+    slow = [1, 2, 2, 1]
+    probe_seconds = 2 * benchmark.PROBE_SIZE**3 / 1e12  # a 1 TFLOP/s matmul
+    timing = {"compile_time_s": 1.0, "times": [0.5 * k for k in slow], "pipelined": [0.5] * 4, "pipelined_s": 2.0,
+              "steps": 4, "compilations_after_warmup": 0}
+    probe = {"times": [probe_seconds * k for k in slow]}
+    s = benchmark.summarize(timing, batch=8, length=128, flops=0.25e12, peak=None, num_devices=1, probe=probe)
+    assert s["mfu"] == 0.5
+    assert s["peak_flops_per_device"] == pytest.approx(0.75e12)  # the median of 1, 0.5, 0.5, 1 TFLOP/s
+    assert s["peak_flops_spread"] == [pytest.approx(0.5e12), pytest.approx(1e12)]
+    assert s["model_tflops_per_sec"] == 0.5  # throughput stays the pipelined steps'
+    with pytest.raises(ValueError):  # a probe call for every synced step, or nothing is paired
+        benchmark.summarize(timing, batch=8, length=128, flops=1.0, peak=None, num_devices=1,
+                            probe={"times": probe["times"][:3]})
+
+
 def test_time_steps_counts_recompilation():
     f = jax.jit(lambda x: x * 2)
     shapes = iter([(4,), (4,), (4,), (5,), (4,), (4,), (4,), (4,)])  # a new shape after warm-up
@@ -139,6 +158,9 @@ def test_benchmark_mode_writes_the_record(tiny_record):
     assert (record["batch_size"], record["seq_len"], record["num_labels"]) == (8, 16, 9)
     assert record["compilations_after_warmup"] == 0
     assert record["steps_timed"] == 3
+    # A CPU's peak: the matmul timed in turn with the steps.
+    low, high = record["peak_flops_spread"]
+    assert 0 < low <= record["peak_flops_per_device"] <= high and record["peak_source"].startswith("measured")
     assert record["eval"]["compilations_after_warmup"] == 0 and record["eval"]["tokens_per_sec"] > 0
     assert record["versions"]["jax"] == jax.__version__
     # The FLOPs are those of the shrunk model: 1 layer, D = 32, vocab 300, 9 labels.
