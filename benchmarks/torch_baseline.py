@@ -9,8 +9,8 @@ from the same config (gptjax.benchmark.GptjaxSteps, as `run.py --mode=benchmark`
 all of them in one process, taking turns step by step, so that a noisy machine slows each alike;
 it prints the median step times and their ratios. Records go to --results (one JSON line each),
 for `python -m gptjax.benchmark compare`. The MFU of every record is against the same peak: the
-data sheet's on an accelerator; on a CPU a jax matmul that takes its turn with the steps, each
-step's MFU against the matmul right after it (gptjax.benchmark.peak_probe).
+data sheet's on an accelerator; on a CPU jax matmuls timed after each round of steps, each step's
+MFU against the peak measured right after it (gptjax.benchmark.peak_probe).
 """
 
 from __future__ import annotations
@@ -107,15 +107,15 @@ def torch_matmul_flops(n: int = 2048, repeats: int = 5) -> float:
     return best
 
 
-def torch_record(steps: TorchSteps, framework, config, config_name, timing, peak, peak_source, probe=None) -> dict:
+def torch_record(steps: TorchSteps, framework, config, config_name, timing, peak, peak_source) -> dict:
     s, mc = steps.shapes, steps.model_config
     record = benchmark.base_record(framework, config, config_name, mc, steps.num_params)
     record.update(environment(steps.device))
     record["attention"] = f"transformers:{steps.attention}"
     record.update(peak_flops_per_device=peak, peak_source=peak_source)
     record.update(benchmark.summarize(timing, batch=s["batch_size"], length=s["seq_len"], peak=peak, num_devices=1,
-                                      probe=probe, flops=benchmark.train_flops(mc, s["head"], s["num_labels"],
-                                                                               s["batch_size"], s["seq_len"])))
+                                      flops=benchmark.train_flops(mc, s["head"], s["num_labels"], s["batch_size"],
+                                                                  s["seq_len"])))
     # Compilations are XLA's; torch.compile's recompilations show in its own logs.
     record["compilations_after_warmup"] = None
     if steps.device.type == "cuda":
@@ -153,23 +153,20 @@ def main():
             continue
         steps[framework] = TorchSteps(config, model_config, compile_model=compile_model)
         runners[framework] = (steps[framework].train, steps[framework].batches(), steps[framework].sync)
-    if probe:
-        runners[benchmark.PROBE] = probe
-    timings = benchmark.time_steps(runners, warmup=args.warmup, steps=args.steps)
-    probed = timings.get(benchmark.PROBE)
+    timings = benchmark.time_steps(runners, warmup=args.warmup, steps=args.steps, probe=probe)
 
     records = []
     if gptjax is not None:
         env = benchmark.environment(gptjax.mesh)
         records.append(benchmark.gptjax_record(gptjax, config, args.config, timings["gptjax"], None, env, peak,
-                                               peak_source, probe=probed))
+                                               peak_source))
     for framework, s in steps.items():
-        record = torch_record(s, framework, config, args.config, timings[framework], peak, peak_source, probed)
+        record = torch_record(s, framework, config, args.config, timings[framework], peak, peak_source)
         if s.device.type == "cpu":
             record["torch_matmul_flops"] = round(torch_matmul_flops())
         records.append(record)
     for record in records:
-        record["interleaved_with"] = sorted(set(runners) - {record["framework"], benchmark.PROBE})
+        record["interleaved_with"] = sorted(set(runners) - {record["framework"]})
         benchmark.finish(record, results=args.results)
     print(benchmark.format_table(records))
     medians = {name: statistics.median(t["times"]) for name, t in timings.items()}

@@ -70,10 +70,10 @@ RECORD_FIELDS = {
     "median_step_tokens_per_sec": "batch_size * seq_len / step_time_ms: steadier than tokens_per_sec on a busy machine",
     "flops_per_step": "model FLOPs of one train step (train_flops: 3 x forward matmuls and causal attention)",
     "model_tflops_per_sec": "flops_per_step / that median pipelined step, in TFLOP/s (all devices)",
-    "peak_flops_per_device": "dense bf16 peak of the device from its data sheet; on a CPU, measured: the median FLOP/s of a jax 2048^3 matmul timed after each synced step (see peak_source)",
-    "peak_flops_spread": "on a CPU, the slowest and fastest of those matmuls, FLOP/s",
+    "peak_flops_per_device": "dense bf16 peak of the device from its data sheet; on a CPU, measured: the median over the rounds of synced steps of the fastest of 4 jax 2048^3 matmuls after each (see peak_source)",
+    "peak_flops_spread": "on a CPU, the lowest and highest of those measurements, FLOP/s",
     "peak_source": "where peak_flops_per_device comes from",
-    "mfu": "model_tflops_per_sec / (peak_flops_per_device * num_devices); on a CPU, the median over the synced steps of each step's FLOP/s over the matmul's right after it (the machine's drift moves both alike)",
+    "mfu": "model_tflops_per_sec / (peak_flops_per_device * num_devices); on a CPU, the median over the synced steps of each step's FLOP/s over the peak measured right after it (the machine's drift moves both alike)",
     "peak_memory_bytes": "peak device memory of the run (see memory_source)",
     "memory_source": "device allocator statistics, or XLA's memory analysis of the step where a CPU has none",
     "host_max_rss_bytes": "the process's peak resident memory",
@@ -183,34 +183,39 @@ def datasheet_peak(device_kind: str) -> tuple[float, str] | None:
     return None
 
 
-PROBE = "matmul probe"  # time_steps' name for the runner that measures a CPU's peak
 PROBE_SIZE = 2048
 
 
-def peak_probe(dtype: str = "float32", n: int = PROBE_SIZE):
-    """A time_steps runner whose every call is one jax [n, n] @ [n, n] matmul: a CPU's peak,
-    measured in turn with the steps it is timed beside. This virtual machine's speed drifts by
-    10-20% within the hour: one peak measured before the steps moved the MFU of the same code
-    between 64% and 84%."""
+def peak_probe(dtype: str = "float32", n: int = PROBE_SIZE, repeats: int = 4):
+    """A CPU's peak, measured beside the steps: a function that times `repeats` jax [n, n] @ [n, n]
+    matmuls and returns the fastest one's FLOP/s (the first after a train step is often the
+    slowest). time_steps calls it after each round of synced steps: this virtual machine's speed
+    drifts by 10-20% within the hour, and one peak measured before the steps moved the MFU of the
+    same code between 64% and 84%."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
     matmul = jax.jit(lambda x: x @ x)
-    return lambda _: matmul(a), itertools.repeat(None), jax.block_until_ready
+    matmul(a).block_until_ready()
 
+    def fastest() -> float:
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            matmul(a).block_until_ready()
+            seconds.append(time.perf_counter() - start)
+        return 2 * n**3 / min(seconds)
 
-def probe_peaks(probe: dict, n: int = PROBE_SIZE) -> list[float]:
-    """The FLOP/s of each of the probe's synced calls (time_steps' timing of peak_probe)."""
-    return [2 * n**3 / t for t in probe["times"]]
+    return fastest
 
 
 def peak_flops(device_kind: str, platform_name: str, dtype: str) -> tuple[float | None, str, tuple | None]:
-    """(peak FLOP/s per device, where it comes from, a peak_probe runner to time beside the steps
-    where the peak is measured rather than known: a CPU's)."""
+    """(peak FLOP/s per device, where it comes from, a peak_probe for time_steps where the peak is
+    measured rather than known: a CPU's)."""
     known = datasheet_peak(device_kind)
     if known:
         return *known, None
     if platform_name == "cpu":
-        return None, (f"measured: a jax {dtype} {PROBE_SIZE}^3 matmul timed after each synced step (the "
-                      "median; mfu pairs each step with the matmul after it)"), peak_probe(dtype)
+        return None, (f"measured: the fastest of 4 jax {dtype} {PROBE_SIZE}^3 matmuls after each round of synced "
+                      "steps (the median; mfu pairs each step with the matmuls after it)"), peak_probe(dtype)
     return None, f"unknown device kind {device_kind!r}: no MFU", None
 
 
@@ -306,14 +311,15 @@ def warm_up(run_step, batches, sync, steps: int, most: int = 24, memory=peak_rss
         n = 2
 
 
-def time_steps(runners: dict, *, warmup: int, steps: int) -> dict:
+def time_steps(runners: dict, *, warmup: int, steps: int, probe=None) -> dict:
     """Times each runner {name: (run_step, batches, sync)}: a first call (which compiles), warm-up,
     then `steps` each synced to the host (the median and spread), the runners taking turns step
     by step so that a noisy machine slows them alike, then, for each, `steps` pipelined as a
     training loop runs them: each step dispatched before waiting for the one before it, so the
     device never waits for the host; each step's time is from one step's end to the next's
     (`pipelined`), and `pipelined_s` their sum. `sync` must take what run_step returned one step
-    earlier, so not a donated state."""
+    earlier, so not a donated state. `probe` (peak_probe), if given, runs after each round of
+    synced steps; its results are each runner's `peaks`, one a synced step."""
     counter = CompileCounter.get()
     out = {name: {"steps": steps, "times": []} for name in runners}
     for name, (run_step, batches, sync) in runners.items():
@@ -323,11 +329,14 @@ def time_steps(runners: dict, *, warmup: int, steps: int) -> dict:
         out[name]["compile_time_s"] = counter.seconds - seconds if counter.compiles > compiles else first
         warm_up(run_step, batches, sync, warmup)
     after_warmup = counter.compiles
+    peaks = []
     for _ in range(steps):
         for name, (run_step, batches, sync) in runners.items():
             start = time.perf_counter()
             sync(run_step(next(batches)))
             out[name]["times"].append(time.perf_counter() - start)
+        if probe is not None:
+            peaks.append(probe())
     for name, (run_step, batches, sync) in runners.items():
         ends, previous = [time.perf_counter()], None
         for _ in range(steps):
@@ -342,20 +351,21 @@ def time_steps(runners: dict, *, warmup: int, steps: int) -> dict:
         out[name]["pipelined_s"] = ends[-1] - ends[0]
     for timing in out.values():
         timing["compilations_after_warmup"] = counter.compiles - after_warmup
+        if probe is not None:
+            timing["peaks"] = peaks
     return out
 
 
-def summarize(timing: dict, *, batch: int, length: int, flops: int, peak: float | None, num_devices: int,
-              probe: dict | None = None) -> dict:
+def summarize(timing: dict, *, batch: int, length: int, flops: int, peak: float | None, num_devices: int) -> dict:
     """The record's timing fields from time_steps' measurements. Throughput is the pipelined
     steps' median: one stalled step (a busy host, the kernel compacting memory) moved their
-    mean by up to 8% on a 2-core VM. With `probe` (peak_probe's timing from the same time_steps),
-    the peak is measured: MFU is the median over the synced steps of each step's FLOP/s over the
-    probe's right after it, so that the machine's drift moves both alike."""
+    mean by up to 8% on a 2-core VM. Where time_steps measured the peak (`peaks`, a CPU's), MFU
+    is the median over the synced steps of each step's FLOP/s over the peak measured right after
+    it, so that the machine's drift moves both alike."""
     per_step = statistics.median(timing["pipelined"])
     achieved = flops / per_step
-    if probe is not None:
-        peaks = probe_peaks(probe)
+    peaks = timing.get("peaks")
+    if peaks:
         mfu = statistics.median(flops / t / (p * num_devices) for t, p in zip(timing["times"], peaks, strict=True))
         measured = {"peak_flops_per_device": round(statistics.median(peaks)),
                     "peak_flops_spread": [round(min(peaks)), round(max(peaks))]}
@@ -525,10 +535,8 @@ def base_record(framework: str, config, config_name: str, model_config, num_para
 
 
 def gptjax_record(bench: GptjaxSteps, config, config_name: str, timing: dict, eval_timing: dict | None,
-                  env: dict, peak: float | None, peak_source: str, probe: dict | None = None,
-                  eval_probe: dict | None = None) -> dict:
-    """A record of gptjax's steps from time_steps' measurements (`probe`, `eval_probe`: peak_probe's
-    timing beside the train and eval steps, where the peak is measured)."""
+                  env: dict, peak: float | None, peak_source: str) -> dict:
+    """A record of gptjax's steps from time_steps' measurements."""
     s, mc = bench.shapes, bench.model_config
     compiled = bench.compiled_train_step(next(bench.batches()))
     memory, memory_source = peak_memory(bench.mesh, compiled)
@@ -538,14 +546,13 @@ def gptjax_record(bench: GptjaxSteps, config, config_name: str, timing: dict, ev
     record["attention"] = f"{mc.attention}:{ran}"
     record.update(peak_flops_per_device=peak, peak_source=peak_source, peak_memory_bytes=memory,
                   memory_source=memory_source, host_max_rss_bytes=host_max_rss_bytes())
-    record.update(summarize(timing, batch=s["batch_size"], length=s["seq_len"], peak=peak, probe=probe,
+    record.update(summarize(timing, batch=s["batch_size"], length=s["seq_len"], peak=peak,
                             flops=train_flops(mc, s["head"], s["num_labels"], s["batch_size"], s["seq_len"]),
                             num_devices=env["num_devices"]))
     if eval_timing is not None:
         rows = s["eval_batch_size"]
-        e = summarize(eval_timing, batch=rows, length=s["seq_len"], peak=peak, probe=eval_probe,
-                      num_devices=env["num_devices"], flops=forward_flops(mc, s["head"], s["num_labels"], rows,
-                                                                          s["seq_len"]))
+        e = summarize(eval_timing, batch=rows, length=s["seq_len"], peak=peak, num_devices=env["num_devices"],
+                      flops=forward_flops(mc, s["head"], s["num_labels"], rows, s["seq_len"]))
         record["eval"] = {"batch_size": rows, **{k: e[k] for k in ("compile_time_s", "step_time_ms", "tokens_per_sec",
                                                                    "mfu", "compilations_after_warmup")}}
     return record
@@ -570,13 +577,12 @@ def run(config, workdir, *, config_name: str = "", results: str | None = None, s
     bench = GptjaxSteps(config)
     env = environment(bench.mesh)
     peak, peak_source, probe = peak_flops(env["device_kind"], env["platform"], bench.model_config.dtype)
-    probes = {PROBE: probe} if probe else {}
     sync = jax.block_until_ready
-    train = time_steps({"train": (bench.train, bench.batches(), sync), **probes}, warmup=warmup, steps=steps)
-    evaluation = time_steps({"eval": (bench.predict, bench.batches(eval_=True), sync), **probes},
-                            warmup=2, steps=steps)
-    record = gptjax_record(bench, config, config_name, train["train"], evaluation["eval"], env, peak, peak_source,
-                           probe=train.get(PROBE), eval_probe=evaluation.get(PROBE))
+    timing = time_steps({"train": (bench.train, bench.batches(), sync)}, warmup=warmup, steps=steps,
+                        probe=probe)["train"]
+    eval_timing = time_steps({"eval": (bench.predict, bench.batches(eval_=True), sync)}, warmup=2, steps=steps,
+                             probe=probe)["eval"]
+    record = gptjax_record(bench, config, config_name, timing, eval_timing, env, peak, peak_source)
     record = finish(record, workdir, results)
     print(format_table([record]))
     return record

@@ -1,5 +1,6 @@
 """The benchmark: its FLOP formula by hand, its peak table, the record run.py writes, and compare."""
 
+import itertools
 import json
 import sys
 
@@ -63,23 +64,39 @@ def test_summarize_arithmetic():
     assert s["mfu"] == 4.0  # 16e12 / (2e12 * 2 devices)
 
 
-def test_summarize_pairs_each_step_with_the_probe_after_it():
+def test_summarize_pairs_each_step_with_the_peak_measured_after_it():
     # The machine runs at half speed for the middle two rounds: the steps and the matmuls beside
     # them alike. Each step ran at half the matmul's FLOP/s, so MFU is 0.5 throughout; against
     # one peak for the whole run it would move with the drift (0.5 / 0.75 against the median).
     slow = [1, 2, 2, 1]
-    probe_seconds = 2 * benchmark.PROBE_SIZE**3 / 1e12  # a 1 TFLOP/s matmul
     timing = {"compile_time_s": 1.0, "times": [0.5 * k for k in slow], "pipelined": [0.5] * 4, "pipelined_s": 2.0,
-              "steps": 4, "compilations_after_warmup": 0}
-    probe = {"times": [probe_seconds * k for k in slow]}
-    s = benchmark.summarize(timing, batch=8, length=128, flops=0.25e12, peak=None, num_devices=1, probe=probe)
+              "steps": 4, "compilations_after_warmup": 0, "peaks": [1e12 / k for k in slow]}
+    s = benchmark.summarize(timing, batch=8, length=128, flops=0.25e12, peak=None, num_devices=1)
     assert s["mfu"] == 0.5
-    assert s["peak_flops_per_device"] == pytest.approx(0.75e12)  # the median of 1, 0.5, 0.5, 1 TFLOP/s
-    assert s["peak_flops_spread"] == [pytest.approx(0.5e12), pytest.approx(1e12)]
+    assert s["peak_flops_per_device"] == 0.75e12  # the median of 1, 0.5, 0.5, 1 TFLOP/s
+    assert s["peak_flops_spread"] == [0.5e12, 1e12]
     assert s["model_tflops_per_sec"] == 0.5  # throughput stays the pipelined steps'
-    with pytest.raises(ValueError):  # a probe call for every synced step, or nothing is paired
-        benchmark.summarize(timing, batch=8, length=128, flops=1.0, peak=None, num_devices=1,
-                            probe={"times": probe["times"][:3]})
+    with pytest.raises(ValueError):  # a peak for every synced step, or nothing is paired
+        benchmark.summarize(dict(timing, peaks=timing["peaks"][:3]), batch=8, length=128, flops=1.0, peak=None,
+                            num_devices=1)
+
+
+def test_time_steps_measures_the_peak_after_each_round():
+    calls = []
+    step = jax.jit(lambda x: x + 1)
+    runners = {name: (step, itertools.repeat(jnp.ones(4)), jax.block_until_ready) for name in ("a", "b")}
+    probe = lambda: calls.append(len(calls)) or float(len(calls))  # noqa: E731
+    timing = benchmark.time_steps(runners, warmup=1, steps=3, probe=probe)
+    assert calls == [0, 1, 2]  # once a round of synced steps, not in warm-up or the pipelined phase
+    assert timing["a"]["peaks"] == timing["b"]["peaks"] == [1.0, 2.0, 3.0]
+    assert "peaks" not in benchmark.time_steps(runners, warmup=0, steps=1)["a"]
+
+
+def test_peak_probe_measures_a_matmul():
+    probe = benchmark.peak_probe(n=64, repeats=2)
+    assert 0 < probe() < 1e15
+    assert benchmark.peak_flops("cpu", "cpu", "float32")[2] is not None
+    assert benchmark.peak_flops("NVIDIA H100 80GB HBM3", "gpu", "bfloat16")[2] is None
 
 
 def test_time_steps_counts_recompilation():
