@@ -26,6 +26,7 @@ import statistics
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -207,7 +208,8 @@ def peak_probe(dtype: str = "float32", n: int = PROBE_SIZE, repeats: int = 4):
     return fastest
 
 
-def peak_flops(device_kind: str, platform_name: str, dtype: str) -> tuple[float | None, str, tuple | None]:
+def peak_flops(device_kind: str, platform_name: str,
+               dtype: str) -> tuple[float | None, str, Callable[[], float] | None]:
     """(peak FLOP/s per device, where it comes from, a peak_probe for time_steps where the peak is
     measured rather than known: a CPU's)."""
     known = datasheet_peak(device_kind)
