@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax  # noqa: E402
 
 from gptjax import benchmark  # noqa: E402
-from gptjax.cli import config_overrides
+from gptjax.cli import config_overrides  # noqa: E402
 from gptjax.config import apply_overrides, load_config  # noqa: E402
 
 

@@ -35,7 +35,7 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={DUM
 import jax  # noqa: E402
 
 from gptjax import benchmark  # noqa: E402
-from gptjax.cli import config_overrides
+from gptjax.cli import config_overrides  # noqa: E402
 from gptjax.config import apply_overrides, load_config  # noqa: E402
 
 RUNTIME_EVENTS = ("ThunkExecutor", "SlinkyThreadPool", "ThreadpoolListener", "end: ")

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from gptjax import benchmark, malloc, tasks  # noqa: E402
-from gptjax.cli import config_overrides
+from gptjax.cli import config_overrides  # noqa: E402
 from gptjax.config import apply_overrides, load_config  # noqa: E402
 
 
@@ -136,6 +136,8 @@ def main():
     parser.add_argument("--no-eager", action="store_true", help="leave out the eager model")
     parser.add_argument("--with-gptjax", action="store_true", help="interleave gptjax's train step")
     args, rest = parser.parse_known_args()
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps: at least 1 timed step (the figures are their medians); --warmup: not negative")
     overrides = config_overrides(rest, parser)
     config = apply_overrides(load_config(args.config), overrides)
     model_config = benchmark.model_config_of(config)

@@ -69,6 +69,9 @@ def parse_args(argv):
         for flag in ("config", "workdir"):
             if getattr(args, flag) is None:
                 parser.error(f"--{flag} is required for --mode={args.mode}")
+    if args.benchmark_steps < 1 or args.benchmark_warmup < 0:
+        parser.error(f"--benchmark_steps={args.benchmark_steps} --benchmark_warmup={args.benchmark_warmup}: "
+                     "at least 1 timed step (the figures are their medians), and no negative warm-up")
     return args, config_overrides(rest, parser)
 
 

@@ -187,6 +187,14 @@ def test_benchmark_mode_writes_the_record(tiny_record):
     assert len(lines) == 1 and json.loads(lines[0]) == record
 
 
+@pytest.mark.parametrize("flag", ["--benchmark_steps=0", "--benchmark_warmup=-1"])
+def test_benchmark_counts_are_checked_before_anything_runs(flag, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run.main(["--config=demo", f"--workdir={tmp_path / 'w'}", "--mode=benchmark", flag])
+    assert "at least 1 timed step" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
 def test_compare_prints_a_table_and_draws_a_chart(tiny_record, tmp_path, capsys):
     workdir, results = tiny_record
     record = json.loads((workdir / "benchmark.json").read_text())
