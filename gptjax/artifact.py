@@ -18,28 +18,31 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from safetensors import SafetensorError
 from flax import nnx
 from ml_collections import ConfigDict
 
 from gptjax import peft, sharding, steps as steps_lib, tasks, workdir as wd
-from gptjax.checkpoint import Checkpoints, _lookup, config_json
-from gptjax.config import ConfigError, base_config
-from gptjax.hf import CONFIG, CheckpointError, from_pretrained, resolve_checkpoint
+from gptjax.checkpoint import Checkpoints, _lookup, check_compatible, config_json
+from gptjax.config import ConfigError, base_config, check_platform, validate
+from gptjax.hf import CONFIG, CheckpointError, from_pretrained, resolve_checkpoint, save_pretrained
 from gptjax.model import GPT2Config, init_model
 
 log = logging.getLogger("gptjax")
 
-RUN_FILE = "run.json"
+RUN_FILE = wd.RUN_MARKER  # run.json
 TOKENIZER_DIR = "tokenizer"
 LABELS_FILE = "labels.json"
 BASE_DIR = "base"
-EXPORT_RUN_FILE = "gptjax.json"  # in an export: the run's config, so it predicts with the same shapes
+EXPORT_RUN_FILE = wd.EXPORT_MARKER  # gptjax.json, in an export: the run's config, so it predicts with the same shapes
 FORMAT = 1
+EXPORT_FORMAT = 2  # gptjax.json: {"format", "config", "files": {name: sha256}}; format 1 held the config alone
 
 # Keys that say how to run a trained model, not what it is: a reading mode may change them.
 USE_TIME_KEYS = (
@@ -117,9 +120,81 @@ def save_run(workdir: epath.Path, config, model, tokenizer, labels: list[str], f
     })
 
 
+# What a run writes into its workdir, and an export into its directory: a new run refuses a
+# workdir holding any of them, since it would write over them.
+RUN_OUTPUTS = (RUN_FILE, TOKENIZER_DIR, LABELS_FILE, BASE_DIR, "checkpoints", "best", "export", "metrics.jsonl",
+               "results.json", "report.txt", "tensorboard", EXPORT_RUN_FILE, CONFIG, "model.safetensors")
+
+
+def existing_run(workdir: epath.Path, config) -> dict | None:
+    """The run.json of the run a training command continues (None: a new run). Refuses, before
+    anything is read or written, a command that may not train there: checkpoint.resume=false on
+    a run, a change of a key the run is made of, or a new run over files it would replace."""
+    if is_run(workdir):
+        if not config.checkpoint.resume:
+            raise ConfigError(f"--workdir={workdir}: holds a trained run ({RUN_FILE}); checkpoint.resume=false starts "
+                              "a new run, which needs an empty or new --workdir")
+        saved = wd.read_json(workdir / RUN_FILE, "run record")
+        check_compatible(saved, config, None, workdir / RUN_FILE)
+        return saved
+    clash = sorted(name for name in RUN_OUTPUTS if (workdir / name).exists())
+    if clash:
+        raise ConfigError(f"--workdir={workdir}: holds {', '.join(clash)} but no {RUN_FILE}, so it is not a gptjax run "
+                          "to resume, and a new run would write over them; use an empty or new --workdir")
+    return None
+
+
 def _save_tokenizer(tokenizer, directory: epath.Path) -> None:
     with wd.atomic_dir(directory) as tmp:
         tokenizer.save_pretrained(tmp)
+
+
+def export(model, tokenizer, directory, config=None) -> None:
+    """The model and its tokenizer as a Hugging Face directory that transformers loads (LoRA
+    adapters folded into the weights: a plain GPT-2), with gptjax.json beside them: the run's
+    config and the sha256 of every file, which load_export verifies. Only files an earlier export
+    wrote are replaced or removed; a model card or anything else a user added stays."""
+    directory = wd.path(directory, "--export_dir")
+    earlier = _export_record(directory)[1] if (directory / EXPORT_RUN_FILE).exists() else None
+    try:
+        with wd.replace_files(directory, owned=earlier or (), last=EXPORT_RUN_FILE) as tmp:
+            save_pretrained(model, tmp)
+            tokenizer.save_pretrained(tmp)
+            files = {name: _sha256(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
+            wd.write_json(wd.path(tmp) / EXPORT_RUN_FILE, {
+                "format": EXPORT_FORMAT, "config": config_json(config) if config is not None else {}, "files": files})
+    except (OSError, SafetensorError) as e:  # a full disk, a permission: nothing of the new export is left
+        reason = getattr(e, "strerror", None) or str(e).removeprefix("Error while serializing: ")
+        raise wd.WorkdirError(f"--export_dir={directory}: could not write the export ({reason})") from None
+
+
+def _sha256(filename) -> str:
+    with open(filename, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _export_record(model_dir: epath.Path) -> tuple[dict | None, dict | None]:
+    """(the run's config, {file: sha256}) of an export's gptjax.json; (config, None) for an export
+    older than the manifest, (None, None) without gptjax.json."""
+    path = model_dir / EXPORT_RUN_FILE
+    if not path.exists():
+        return None, None
+    record = wd.read_json(path, "export record")
+    if "format" not in record:  # the first exports held the config alone
+        return record, None
+    return record["config"], record["files"]
+
+
+def verify_export(model_dir: epath.Path, files: dict[str, str]) -> None:
+    """Every file the export's manifest lists, as it was written."""
+    for name, digest in sorted(files.items()):
+        path = model_dir / name
+        if not path.exists():
+            raise CheckpointError(f"{path}: missing from the export ({model_dir / EXPORT_RUN_FILE} lists it); "
+                                  "export it again")
+        if wd.is_local(path) and _sha256(path) != digest:
+            raise CheckpointError(f"{path}: damaged (its sha256 differs from the one {EXPORT_RUN_FILE} recorded when "
+                                  "it was exported); export it again")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +253,7 @@ def apply_use_time(config: ConfigDict, overrides: dict[str, str]) -> ConfigDict:
         if was != now:
             raise ConfigError(f"--config.{key}={overrides[key]}: the trained run has {key}={was!r}, which a reading "
                               f"mode cannot change (it may change: {', '.join(USE_TIME_KEYS)})")
+    check_platform(validate(config))  # the one validation every mode's config goes through
     return config
 
 
@@ -224,7 +300,8 @@ def _load_workdir(workdir: epath.Path, which: str, overrides: dict) -> Trained:
     graphdef, params = _abstract(run, config)
     partition = peft.partition(config, nnx.merge(graphdef, params))
     trainable, frozen = partition.split(_on_mesh(params, mesh))
-    trainable = _restore_trainable(workdir, which, trainable, config)
+    trainable, meta = _restore_trainable(workdir, which, trainable, config)
+    _check_labels(workdir, run, meta)
     if frozen:
         try:
             frozen = ocp.StandardCheckpointer().restore(workdir / BASE_DIR, frozen)
@@ -234,10 +311,27 @@ def _load_workdir(workdir: epath.Path, which: str, overrides: dict) -> Trained:
         peft.check_base(run.get("base"), peft.checksum(frozen), workdir / BASE_DIR)
     task = tasks.get(run["task"])
     tokenizer = load_tokenizer(workdir / TOKENIZER_DIR, task.prefix_space)
+    if run.get("tokenizer") not in (None, tokenizer_fingerprint(tokenizer)):
+        raise CheckpointError(f"{workdir / TOKENIZER_DIR}: not the tokenizer the run trained with (its fingerprint "
+                              f"differs from {RUN_FILE}'s); restore the run's own tokenizer/")
     steps = steps_lib.inference_steps(graphdef, partition, mesh, trainable, frozen)
     sharding.check_batch_size(config.train.eval_batch_size, mesh, "train.eval_batch_size")
     _check_max_length(config, graphdef, params)
     return Trained(config, task, list(run["labels"]), tokenizer, steps, str(workdir), str(workdir / TOKENIZER_DIR))
+
+
+def _check_labels(workdir, run: dict, meta: dict) -> None:
+    """run.json's labels against labels.json and the checkpoint's own record: an edited label
+    list would silently rename the model's classes."""
+    labels = list(run["labels"])
+    if labels:
+        written = wd.read_json(workdir / LABELS_FILE, "label list").get("names")
+        if written != labels:
+            raise CheckpointError(f"{workdir}: {RUN_FILE} has labels {labels} but {LABELS_FILE} has {written}; one of "
+                                  "them was edited after training")
+    if "labels" in meta and meta["labels"] != labels:
+        raise CheckpointError(f"{workdir / RUN_FILE}: its labels {labels} are not the ones the model was trained with "
+                              f"({meta['labels']}, as its checkpoint records); restore them")
 
 
 def _check_max_length(config, graphdef, params) -> None:
@@ -247,8 +341,8 @@ def _check_max_length(config, graphdef, params) -> None:
 
 
 def _restore_trainable(workdir, which: str, target, config):
-    """The trained parameters of the best model or the latest checkpoint; no optimizer state
-    is built or read."""
+    """(the trained parameters, their checkpoint's record) of the best model or the latest
+    checkpoint; no optimizer state is built or read."""
     if which not in ("best", "latest"):
         raise ConfigError(f"--checkpoint={which}: choose best or latest")
     checkpoints = Checkpoints(workdir, read_only=True)
@@ -259,14 +353,14 @@ def _restore_trainable(workdir, which: str, target, config):
                 raise CheckpointError(f"{checkpoints.best_directory}: no best model in it (no epoch has been "
                                       "evaluated yet); use --checkpoint=latest")
             log.info("the best model: epoch %d", restored[1]["epoch"] + 1)
-            return restored[0]
+            return restored
         tx, _ = steps_lib.make_optimizer(config.train, 1)
         step = jax.ShapeDtypeStruct((), "int32")
         restored = checkpoints.restore_latest_params(steps_lib.TrainState(step, target, jax.eval_shape(tx.init, target)))
         if restored is None:
             raise CheckpointError(f"{checkpoints.directory}: no readable checkpoint in it")
         log.info("the latest checkpoint: step %d", restored[1])
-        return restored[0]
+        return restored[0], restored[2]
     finally:
         checkpoints.close()
 
@@ -292,12 +386,17 @@ def load_export(model_dir, overrides: dict | None = None, *, head: str | None = 
     if task is None:
         raise CheckpointError(f"{model_dir / CONFIG}: architectures {architectures} is not one gptjax can use "
                               f"({', '.join(tasks.architectures())})")
-    saved = model_dir / EXPORT_RUN_FILE
-    config = config_from_json(wd.read_json(saved, "run config")) if saved.exists() else base_config()
+    saved, files = _export_record(model_dir)
+    if files is not None:
+        verify_export(model_dir, files)
+    config = config_from_json(saved) if saved is not None else base_config()
+    kept = tasks.TASKS.get(config.task) if saved is not None else None
+    if kept is not None and kept.architecture == task.architecture:
+        task = kept  # token and tagging export as one class: the run's config tells them apart
     config.task = task.name
     config = apply_use_time(config, overrides or {})
     model = from_pretrained(str(model_dir), task.head, dtype=config.model.dtype, attention=config.model.attention)
-    if not saved.exists() and "data.max_length" not in (overrides or {}):
+    if saved is None and "data.max_length" not in (overrides or {}):
         # A checkpoint gptjax did not export: the default length, within what the model takes.
         config.data.max_length = min(config.data.max_length, model.config.n_positions)
     labels = list(model.labels or (f"LABEL_{i}" for i in range(model.num_labels or 0)))

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax import malloc
+from gptjax.config import check_generation
 
 log = logging.getLogger("gptjax")
 
@@ -600,6 +601,7 @@ def run_generate(config, workdir, *, config_name: str = "", results: str | None 
     from gptjax import decoding_benchmark, sharding
 
     g = config.generate
+    check_generation(config, model_config_of(config).n_positions, g.prompt_length)
     with_torch = importlib.util.find_spec("torch") is not None
     if not with_torch:
         log.warning("torch is not installed: gptjax's decoding is timed alone")

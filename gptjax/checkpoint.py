@@ -13,19 +13,24 @@ single manager can).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import os
+import re
 import shutil
 import signal
 import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
 from gptjax.config import ConfigError, base_config
 from gptjax.hf import CheckpointError
+from gptjax.sharding import to_host
 from gptjax.workdir import is_local
 
 log = logging.getLogger("gptjax")
@@ -57,8 +62,9 @@ def _lookup(tree: dict, key: str, missing=None):
     return tree
 
 
-def check_compatible(saved: dict, config, labels: list[str], where: Path) -> None:
-    """Refuses to resume from a checkpoint that disagrees with the run in a way that matters."""
+def check_compatible(saved: dict, config, labels: list[str] | None, where) -> None:
+    """Refuses to resume from a checkpoint (or a run.json) that disagrees with the run in a way
+    that matters. `labels` None: not known yet (checked again once the data is read)."""
     current = config_json(config)
     defaults = None
     for key in MUST_MATCH:
@@ -66,13 +72,61 @@ def check_compatible(saved: dict, config, labels: list[str], where: Path) -> Non
         if before is _MISSING:  # a key newer than the checkpoint: it was made with the default
             defaults = defaults or config_json(base_config())
             before = _lookup(defaults, key)
+        if isinstance(before, dict) and isinstance(now, dict) and before != now:  # name the sub-key: model.arch.n_layer
+            key, before, now = next((f"{key}.{k}", before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
+                                    if before.get(k) != now.get(k))
         if before != now:
             raise ConfigError(
-                f"{where}: the checkpoint was made with {key}={before!r} but this run has {key}={now!r}; "
-                "use another --workdir, or --config.checkpoint.resume=false to start over"
+                f"{where}: the run was made with {key}={before!r} but this command has {key}={now!r}; "
+                f"resume with {key}={before!r}, or train with the new value in another --workdir"
             )
-    if saved["labels"] != list(labels):
-        raise ConfigError(f"{where}: the checkpoint's labels {saved['labels']} differ from this run's {list(labels)}")
+    if labels is not None and saved["labels"] != list(labels):
+        raise ConfigError(f"{where}: the run's labels {saved['labels']} differ from this data's {list(labels)}; "
+                          "resume needs the labels it started with (or train in another --workdir)")
+
+
+@jax.jit
+def _fingerprint_arrays(arrays):
+    def one(x):
+        if x.dtype == jnp.bool_:
+            words = x.astype(jnp.uint32)
+        else:
+            unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+            words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+        index = jnp.zeros(x.shape, jnp.uint32)  # the flat position, without a reshape of a sharded array
+        stride = 1
+        for axis in reversed(range(x.ndim)):
+            index = index + jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis) * jnp.uint32(stride % 2**32)
+            stride *= x.shape[axis]
+        return jnp.stack([jnp.sum(words * (2 * index + 1), dtype=jnp.uint32),
+                          jnp.sum(words ^ (index * jnp.uint32(2654435761)), dtype=jnp.uint32)])
+
+    return [one(x) for x in arrays]
+
+
+def fingerprints(tree) -> dict[str, str]:
+    """Per array of a pytree, a 64-bit checksum of its bits (two position-weighted sums, computed
+    on the devices that hold it). Saved in a checkpoint's record and compared when it is read, so
+    bytes damaged on disk are caught instead of trained or evaluated on."""
+    leaves = [(_array_name(path), x) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+              if isinstance(x, jax.Array)]
+    sums = to_host(_fingerprint_arrays([x for _, x in leaves]))
+    return {name: f"{int(a):08x}{int(b):08x}" for (name, _), (a, b) in zip(leaves, sums)}
+
+
+def _array_name(path) -> str:
+    """transformer/h/attn/c_attn/kernel for a pytree path (a TrainState's fields by name)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def verify(saved: dict | None, tree) -> None:
+    """Refuses arrays whose checksum differs from the one their checkpoint recorded (None: a
+    checkpoint older than checksums). Every array read must have one."""
+    if saved is None:
+        return
+    for name, value in fingerprints(tree).items():
+        if saved.get(name) != value:
+            raise CheckpointError(f"array {name} differs from the checksum recorded when it was saved")
 
 
 def abstract_like(tree):
@@ -100,6 +154,7 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(
             # Read-only: nothing created or deleted. (Orbax's own read_only option logs warnings.)
             max_to_keep=None if self.read_only else keep, create=not self.read_only,
+            cleanup_tmp_directories=not self.read_only,  # what a failed or killed save left
             enable_async_checkpointing=not self.read_only,
             multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name),
         )
@@ -109,20 +164,25 @@ class Checkpoints:
         """Starts writing in the background; training goes on meanwhile. A failed write (this
         one's start, or the one before it, which surfaces here) is a CheckpointSaveError."""
         start = time.perf_counter()
-        with self._saving(step, self.directory):
+        meta = {**meta, "checksums": fingerprints(state)}
+        with self._saving(step, self.manager, state):
             self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                             meta=ocp.args.JsonSave(meta)))
         log.info("checkpoint %d: save started (%.2f s blocking)", step, time.perf_counter() - start)
 
     def save_best(self, step: int, params, meta: dict) -> None:
         # The best manager keeps one: saving a new best replaces the old only once it is complete.
-        with self._saving(step, self.best_directory):
+        meta = {**meta, "checksums": fingerprints(params)}
+        with self._saving(step, self.best, params):
             self.best.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
                                                          meta=ocp.args.JsonSave(meta)))
 
     @contextlib.contextmanager
-    def _saving(self, step: int, directory):
+    def _saving(self, step: int, manager: ocp.CheckpointManager, tree):
+        directory = manager.directory
         try:
+            manager.wait_until_finished()  # the save before it (as manager.save would), so its failure is its own
+            _check_free_space(directory, tree)
             yield
         except Exception as e:  # noqa: BLE001 - a disk full, a permission, a vanished mount: all stop the run
             raise CheckpointSaveError(step, directory, e) from e
@@ -141,18 +201,19 @@ class Checkpoints:
             try:
                 meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
             except Exception as e:  # noqa: BLE001 - an unreadable record makes the checkpoint unusable
-                log.warning("checkpoint %d in %s is damaged (%s: %s); trying the one before it",
-                            step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+                log.warning("checkpoint %d in %s is damaged (%s); trying the one before it", step, self.directory,
+                            _reason(e))
                 damaged.append(step)
                 continue
             check(meta)
             try:
                 state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+                verify(meta.get("checksums"), state)
                 restored = (state, meta)
                 break
             except Exception as e:  # noqa: BLE001 - any failure to read means this one is unusable
-                log.warning("checkpoint %d in %s is damaged (%s: %s); trying the one before it",
-                            step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+                log.warning("checkpoint %d in %s is damaged (%s); trying the one before it", step, self.directory,
+                            _reason(e))
                 damaged.append(step)
         if damaged and not self.read_only:
             # Moved aside (not deleted) so that the step numbers can be written again.
@@ -173,13 +234,14 @@ class Checkpoints:
             result = self.best.restore(
                 step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
             )
+            verify(result.meta.get("checksums"), result.params)
         except Exception as e:  # noqa: BLE001 - any failure to read means the best model is unusable
-            raise CheckpointError(f"{self.best_directory / str(step)}: the best model is damaged ({type(e).__name__}: "
-                                  f"{_first_line(e)}); use --checkpoint=latest") from None
+            raise CheckpointError(f"{self.best_directory / str(step)}: the best model is damaged ({_reason(e)}); "
+                                  "use --checkpoint=latest") from None
         return result.params, result.meta
 
     def restore_latest_params(self, state_target):
-        """(params, step) of the newest readable checkpoint, or None. `state_target` is the
+        """(params, step, meta) of the newest readable checkpoint, or None. `state_target` is the
         abstract train state; only its parameters are read (placeholders skip the step and the
         optimizer state, which are never built). Damaged checkpoints are skipped, not moved."""
         skip = lambda tree: jax.tree.map(lambda _: ocp.PLACEHOLDER, tree)  # noqa: E731
@@ -189,11 +251,12 @@ class Checkpoints:
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args)))
-                return restored.state[1], step
+                    state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args), meta=ocp.args.JsonRestore()))
+                verify(restored.meta.get("checksums"), restored.state)
+                return restored.state[1], step, restored.meta
             except Exception as e:  # noqa: BLE001 - any failure to read means this one is unusable
-                log.warning("checkpoint %d in %s is damaged (%s: %s); trying the one before it",
-                            step, self.directory, type(e).__name__, _first_line(e))
+                log.warning("checkpoint %d in %s is damaged (%s); trying the one before it", step, self.directory,
+                            _reason(e))
         return None
 
     def latest_step(self) -> int | None:
@@ -209,16 +272,47 @@ class Checkpoints:
         self.best.close()
 
 
+def _check_free_space(directory, tree) -> None:
+    """Refuses a save that cannot fit on a local disk before it starts: one that fails in the
+    background leaves Orbax's threads printing tracebacks on the way out. (The arrays' bytes,
+    an eighth more and a MiB for Orbax's own files.)"""
+    if not is_local(epath.Path(directory)):
+        return
+    arrays = sum(x.nbytes for x in jax.tree.leaves(tree) if hasattr(x, "nbytes")) // jax.process_count()
+    need = arrays + arrays // 8 + 2**20
+    existing = Path(directory)
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        raise OSError(errno.ENOSPC, f"No space left on device: it needs {need / 2**20:.1f} MiB, "
+                                    f"{free / 2**20:.1f} MiB are free")
+
+
 def _first_line(e: Exception) -> str:
     return (str(e).splitlines() or [""])[0][:200]
+
+
+def _reason(e: Exception) -> str:
+    """Why a checkpoint could not be read, in a line: a checksum's verdict, or the error's start
+    (TensorStore's messages go on for pages)."""
+    if isinstance(e, CheckpointError):
+        return str(e)
+    return f"{type(e).__name__}: {_first_line(e).split(' See full TensorStore details')[0]}"
 
 
 class CheckpointSaveError(RuntimeError):
     """A checkpoint could not be written; the run stops (the checkpoints before it still resume)."""
 
     def __init__(self, step: int, directory, error: Exception):
-        reason = getattr(error, "strerror", None) or _first_line(error) or type(error).__name__
-        super().__init__(f"checkpoint {step} could not be written to {directory} ({type(error).__name__}: {reason}); "
+        text = str(error)
+        # A background write's failure surfaces at the next save: its own step is in its path.
+        failed = re.search(r"[/\\](\d+)\.orbax-checkpoint-tmp", text)
+        step = int(failed.group(1)) if failed else step
+        code = re.search(r"os_error_code='(\d+)'", text)
+        reason = (getattr(error, "strerror", None) or (os.strerror(int(code.group(1))) if code else None)
+                  or _first_line(error) or type(error).__name__)
+        super().__init__(f"checkpoint {step} could not be written to {directory} ({reason}); "
                          "the run stopped. Free space or fix the permissions, then run the same command to resume "
                          "from the last checkpoint written")
 

@@ -29,16 +29,25 @@ with --coordinator_address=HOST:PORT --num_processes=N --process_id=I on each ho
 
 import argparse
 import logging
+import os
+import signal
 import sys
 
-from gptjax.config import ConfigError, apply_overrides, load_config, validate
+from gptjax import workdir as wd
+from gptjax.config import ConfigError, apply_overrides, check_platform, load_config, validate
 
 
 READING_MODES = ("eval", "export", "predict", "generate")  # they use a trained run and write nothing into it
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """A usage error in one line (argparse prints the whole usage first)."""
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config")
     parser.add_argument("--workdir")
     parser.add_argument("--mode", default="train", choices=("train", "eval", "export", "benchmark", "predict", "generate"))
@@ -60,7 +69,8 @@ def parse_args(argv):
     parser.add_argument("--model_dir", help="eval, export, predict, generate: an exported Hugging Face directory (or, "
                                             "for generate, a hub id) instead of a workdir")
     parser.add_argument("--overwrite", action="store_true",
-                        help="allow an output that would replace an input or a directory that is not an earlier export")
+                        help="export: write into a non-empty directory that is not an earlier export (its files of "
+                             "other names stay)")
     args, rest = parser.parse_known_args(argv)
     if args.mode in READING_MODES:
         if not (args.workdir or args.model_dir):
@@ -87,11 +97,37 @@ def config_overrides(rest: list[str], parser: argparse.ArgumentParser) -> dict[s
     return overrides
 
 
+def _no_background_tracebacks(record: logging.LogRecord) -> bool:
+    """Drops Orbax's log of a failed background write (a page of traceback): the failure is
+    raised at the next save or wait, and reported there in one line."""
+    return not (record.exc_info and "orbax" in record.pathname)
+
+
+INTERRUPTED_EXIT_CODE = 130  # the shell's code for a command stopped by Ctrl-C
+
+
 def main(argv=None):
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("absl", "jax", "httpx", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("absl").addFilter(_no_background_tracebacks)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # the same failure again, from Orbax's event loops
+    # SIGTERM as Ctrl-C: whatever is half written is removed on the way out (workdir.stop).
+    # Training's loop turns both into a checkpoint and a clean stop of its own (checkpoint.py).
+    previous = {sig: signal.signal(sig, wd.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _main(args, overrides)
+    except KeyboardInterrupt as e:
+        print(f"error: stopped by {e.args[0] if e.args else 'SIGINT'} before the work was done; no partial output "
+              "was kept", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT_CODE)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(args, overrides):
     config = None
     try:
         if args.mode in READING_MODES:
@@ -123,6 +159,12 @@ def main(argv=None):
 
     source = args.model_dir or args.workdir
     try:
+        if config is not None:
+            check_platform(config)
+        if args.mode in ("predict", "generate", "eval"):
+            if args.input and not os.path.isfile(args.input):
+                raise WorkdirError(f"--input={args.input}: no such file")
+            wd.check_output(args.output, reads=(source, args.input))  # before the model is loaded
         if args.mode == "train":
             train_and_evaluate(config, args.workdir)
         elif args.mode == "benchmark":
@@ -141,7 +183,7 @@ def main(argv=None):
             trained = load(source, args.checkpoint, overrides)
             generates = args.mode == "generate" or trained.task.predict is None
             predictor = TextGenerator(trained) if generates else predict.Predictor(trained)
-            predict.run(predictor, args.input, args.output, args.overwrite)
+            predict.run(predictor, args.input, args.output, reads=(source,))
     except Preempted as e:
         print(e.message, file=sys.stderr)
         raise

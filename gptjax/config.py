@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
 from pathlib import Path
 
 from ml_collections import ConfigDict, config_dict
@@ -19,7 +20,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 def base_config() -> ConfigDict:
     """Every key a run reads, with defaults; named configs change some of them."""
     c = ConfigDict()
-    c.task = "token"  # "token" (NER, POS), "sequence" (sentiment, topic) or "causal_lm" (gptjax/tasks.py)
+    c.task = "token"  # "token" (NER), "tagging" (POS), "sequence" (sentiment, topic) or "causal_lm" (gptjax/tasks.py)
 
     c.model = ConfigDict()
     c.model.name_or_path = "gpt2"  # hub id or local directory; for init="scratch", a size name
@@ -120,8 +121,30 @@ def load_config(name: str) -> ConfigDict:
         raise ConfigError(f"--config={name}: no such config file {path} (known configs: {known})")
     spec = importlib.util.spec_from_file_location(f"gptjax_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"{path}, line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # noqa: BLE001 - whatever the file's own code raises
+        raise ConfigError(f"{path}: raised {_where(e, path)}{type(e).__name__}: {e}") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"{path}: defines no get_config(); a config file returns its ConfigDict from get_config()")
+    try:
+        config = module.get_config()
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{path}: get_config() raised {_where(e, path)}{type(e).__name__}: {e}") from None
+    if not isinstance(config, ConfigDict):
+        raise ConfigError(f"{path}: get_config() returned a {type(config).__name__}, not an ml_collections ConfigDict "
+                          "(start from gptjax.config.base_config())")
+    return config
+
+
+def _where(error: Exception, path: Path) -> str:
+    """'at line N: ' for the innermost frame of `error` in the config file."""
+    import traceback
+
+    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if Path(f.filename) == path]
+    return f"at line {lines[-1]}: " if lines else ""
 
 
 def _parse(key: str, text: str, current, field_type):
@@ -204,7 +227,7 @@ RANGES = (
     ("lora.alpha", 0, False, None, None),
     ("lora.dropout", 0, True, 1, False),
     ("checkpoint.every_steps", 1, True, None, None),
-    ("generate.max_new_tokens", 0, True, None, None),
+    ("generate.max_new_tokens", 1, True, None, None),
     ("generate.temperature", 0, True, None, None),
     ("generate.top_k", 0, True, None, None),
     ("generate.top_p", 0, False, 1, True),
@@ -212,6 +235,13 @@ RANGES = (
     ("generate.prompt_length", 1, True, None, None),
     ("checkpoint.keep", 1, True, None, None),
     ("tokenizer.vocab_size", 1, True, None, None),
+    ("model.arch.n_layer", 1, True, None, None),
+    ("model.arch.n_embd", 1, True, None, None),
+    ("model.arch.n_head", 1, True, None, None),
+    ("model.arch.n_positions", 1, True, None, None),
+    ("train.seed", 0, True, 2**63, False),
+    ("data.synthetic_seed", 0, True, 2**63, False),
+    ("generate.seed", 0, True, 2**63, False),
 )
 CHOICES = (
     ("model.init", ("pretrained", "scratch")),
@@ -237,6 +267,8 @@ def validate(config: ConfigDict) -> ConfigDict:
         value = _get(config, key)
         if value is None:
             continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value}: must be a finite number")
         too_low = value < low if low_ok else value <= low
         too_high = high is not None and (value > high if high_ok else value >= high)
         if too_low or too_high:
@@ -245,7 +277,32 @@ def validate(config: ConfigDict) -> ConfigDict:
     for key, choices in CHOICES:
         if _get(config, key) not in choices:
             raise ConfigError(f"{key}={_get(config, key)!r}: choose one of {', '.join(choices)}")
+    stops = tuple(config.generate.stop)
+    if any(not isinstance(stop, str) or not stop for stop in stops):
+        raise ConfigError(f"generate.stop={stops!r}: stop strings must be non-empty text")
+    arch = config.model.arch
+    if arch.n_embd is not None and arch.n_head is not None and arch.n_embd % arch.n_head:
+        raise ConfigError(f"model.arch.n_embd={arch.n_embd} is not divisible by model.arch.n_head={arch.n_head}")
     buckets = tuple(config.data.buckets)
     if not buckets or any(not isinstance(b, int) or b < 1 for b in buckets):
         raise ConfigError(f"data.buckets={buckets}: must be positive token counts")
     return config
+
+
+def check_generation(config: ConfigDict, n_positions: int, prompt_length: int = 1) -> None:
+    """Refuses generate.max_new_tokens that, after `prompt_length` tokens of prompt, do not fit
+    the model's n_positions (longer prompts are cut to leave the room; one token is the least)."""
+    g = config.generate
+    if prompt_length + g.max_new_tokens > n_positions:
+        what = f"generate.prompt_length={prompt_length} + " if prompt_length > 1 else "a prompt of one token + "
+        raise ConfigError(f"{what}generate.max_new_tokens={g.max_new_tokens} exceed the model's "
+                          f"n_positions={n_positions}; lower generate.max_new_tokens (at most "
+                          f"{n_positions - prompt_length})")
+
+
+def check_platform(config: ConfigDict) -> None:
+    """Refuses settings the devices JAX runs on here cannot compute (it starts JAX)."""
+    import jax
+
+    if config.model.dtype == "float16" and jax.default_backend() == "cpu":
+        raise ConfigError("model.dtype='float16': XLA:CPU has no float16 matmul; on a CPU use bfloat16 (or float32)")

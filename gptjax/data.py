@@ -500,7 +500,8 @@ def check_iob2(splits: dict[str, list]) -> None:
                     if _INT_RE.fullmatch(tag):
                         fix = "the tags are integer ids: name them with data.label_names=('O', 'B-PER', ...)"
                     else:
-                        fix = "tags must be O, B-TYPE or I-TYPE (IOB2)"
+                        fix = ("tags must be O, B-TYPE or I-TYPE (IOB2) for entity scoring; tags without entities "
+                               "(part of speech) train with task=tagging")
                     raise DataError(f"{ex.where(i)}: tag {tag!r} ({ex.tokens[i]!r}) is not IOB2; {fix}")
                 if tag[:2] == "B-" or (tag[:2] == "I-" and (prev == "O" or prev[2:] != tag[2:])):
                     openings[tag[:2]] += 1

@@ -6,6 +6,8 @@ a figure in a log, in report.txt and in a test means the same thing.
 - Token tasks (NER and friends): the headline figure is seqeval entity F1 with
   ``mode='strict', scheme=IOB2``. The conlleval-compatible figure (seqeval's default mode, which
   also counts spans opened by a stray ``I-`` tag) is reported as ``lenient_f1``, labelled as such.
+- Tag sets without entities (POS, task ``tagging``): word accuracy, macro F1 over tags and
+  per-tag scores.
 - Sequence tasks: accuracy, macro F1, Matthews correlation and per-class scores (scikit-learn).
 - Causal LM: ``loss``, the mean negative log-likelihood of every labelled token (token-weighted:
   the sum over the split's tokens over their number, each token once), and ``perplexity``, its
@@ -40,6 +42,8 @@ __all__ = [
     "sequence_metrics",
     "lm_metrics",
     "TokenEvaluator",
+    "TagEvaluator",
+    "tag_metrics",
     "SequenceEvaluator",
     "CausalLMEvaluator",
     "format_report",
@@ -247,6 +251,9 @@ def _mark_seen(seen: np.ndarray, ex: int) -> None:
 class TokenEvaluator:
     """Scores a token-classification model on one split with :func:`token_metrics`."""
 
+    metrics = staticmethod(token_metrics)
+    missing = _OUTSIDE  # the tag of a word that got no prediction (cut off by max_length)
+
     def __init__(self, examples: Sequence[Any], id2label: Sequence[str]):
         """``examples`` expose ``.tags`` (one tag string per word); ``id2label[i]`` names id i."""
         self.examples = examples
@@ -265,7 +272,7 @@ class TokenEvaluator:
         and then ``token_metrics(evaluator.gold, predictions)``.
         """
         pred_ids = self._predict_ids(predict_fn, batches)
-        metrics = token_metrics(self.gold, self._to_tags(pred_ids))
+        metrics = self.metrics(self.gold, self._to_tags(pred_ids))
         metrics["truncated_words"] = int(sum((ids < 0).sum() for ids in pred_ids))
         return metrics
 
@@ -298,8 +305,41 @@ class TokenEvaluator:
 
     def _to_tags(self, pred_ids: list[np.ndarray]) -> list[list[str]]:
         return [
-            [self.id2label[i] if i >= 0 else _OUTSIDE for i in ids.tolist()] for ids in pred_ids
+            [self.id2label[i] if i >= 0 else self.missing for i in ids.tolist()] for ids in pred_ids
         ]
+
+
+def tag_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict:
+    """Word accuracy, macro F1 over the gold tags and per-tag scores, for tag sets without
+    entities (POS): ``accuracy``, ``f1``, ``per_tag`` (``{tag: {precision, recall, f1,
+    support}}``), ``report`` and ``num_examples``. A word with no prediction counts as wrong."""
+    if len(gold) != len(pred) or any(len(g) != len(p) for g, p in zip(gold, pred)):
+        raise ValueError("gold and predicted tags differ in number")
+    flat_gold = [t for g in gold for t in g]
+    flat_pred = [t for p in pred for t in p]
+    tags = sorted(set(flat_gold))
+    if not flat_gold:
+        return {"accuracy": 1.0, "f1": 1.0, "per_tag": {}, "report": "no words\n", "num_examples": len(gold)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        table = sklearn.metrics.classification_report(flat_gold, flat_pred, labels=tags, output_dict=True,
+                                                      zero_division=0)
+        report = sklearn.metrics.classification_report(flat_gold, flat_pred, labels=tags, digits=4, zero_division=0)
+    return {
+        "accuracy": float(np.mean([g == p for g, p in zip(flat_gold, flat_pred)])),
+        "f1": float(table["macro avg"]["f1-score"]),
+        "per_tag": {tag: {"precision": float(table[tag]["precision"]), "recall": float(table[tag]["recall"]),
+                          "f1": float(table[tag]["f1-score"]), "support": int(table[tag]["support"])} for tag in tags},
+        "report": report,
+        "num_examples": len(gold),
+    }
+
+
+class TagEvaluator(TokenEvaluator):
+    """Scores a tagger whose tags have no entity structure (POS) with :func:`tag_metrics`."""
+
+    metrics = staticmethod(tag_metrics)
+    missing = ""  # no tag: a word cut off by max_length counts as wrong
 
 
 class SequenceEvaluator:
@@ -393,6 +433,13 @@ def token_summary(metrics: dict) -> list[str]:
     if "truncated_words" in metrics:
         lines.append(f"words beyond max_length (scored as O): {metrics['truncated_words']}")
     return lines + ["per-type report (seqeval strict, IOB2):"]
+
+
+def tag_summary(metrics: dict) -> list[str]:
+    lines = [f"tag accuracy (over words): {metrics['accuracy']:.4f}", f"macro F1 over tags: {metrics['f1']:.4f}"]
+    if "truncated_words" in metrics:
+        lines.append(f"words beyond max_length (scored as wrong): {metrics['truncated_words']}")
+    return lines + ["per-tag report:"]
 
 
 def sequence_summary(metrics: dict) -> list[str]:

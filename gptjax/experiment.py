@@ -16,8 +16,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 
-from gptjax import artifact, data, peft, synthetic, tasks, workdir as wd
-from gptjax.config import ConfigError
+from gptjax import artifact, data, lm_data, peft, synthetic, tasks
+from gptjax.checkpoint import check_compatible
+from gptjax.config import ConfigError, check_generation
 from gptjax.hf import CheckpointError, from_pretrained, resolve_checkpoint
 from gptjax.model import GPT2, GPT2Config, init_model
 
@@ -144,9 +145,12 @@ def build_model(config, vocab: data.LabelVocab, tokenizer, model_dir: Path | Non
         arch = {k: v for k, v in cfg.arch.items() if v is not None}
         base = GPT2Config.named(cfg.name_or_path) if cfg.name_or_path else GPT2Config()
         special = tokenizer.eos_token_id
-        model_config = base.replace(
-            vocab_size=len(tokenizer), bos_token_id=special, eos_token_id=special, **arch, **model_overrides(config)
-        )
+        try:
+            model_config = base.replace(
+                vocab_size=len(tokenizer), bos_token_id=special, eos_token_id=special, **arch, **model_overrides(config)
+            )
+        except ConfigError as e:
+            raise ConfigError(f"model.arch: {e} (model.name_or_path={cfg.name_or_path!r} with {arch})") from None
         model = init_model(model_config, head, labels=vocab.names, seed=config.train.seed)
     elif cfg.init == "pretrained":
         model = from_pretrained(
@@ -178,16 +182,15 @@ def prepare(config, workdir) -> Experiment:
     """Loads and checks the data, the label vocabulary, the tokenizer and the model, and tokenises
     every split: all before any training starts.
 
-    Resuming a run (WORKDIR/run.json exists) refuses data other than the run started with, and
-    uses the run's own tokenizer (one trained on the fly is not trained again); a named tokenizer
+    Nothing is written: every check that may refuse the command runs here or before. Resuming
+    a run (WORKDIR/run.json exists) refuses data other than the run started with, and uses the
+    run's own tokenizer (one trained on the fly is not trained again); a named tokenizer
     that differs from the run's is refused.
     """
     task = tasks.get(config.task)
     peft.check_config(config)
     task.check_config(config)
-    saved = None
-    if config.checkpoint.resume and artifact.is_run(workdir):
-        saved = wd.read_json(workdir / artifact.RUN_FILE, "run record")
+    saved = artifact.existing_run(workdir, config)
     sources = [config.data.source, config.tokenizer.name_or_path]
     if config.model.init == "pretrained":
         sources.append(config.model.name_or_path)
@@ -199,6 +202,8 @@ def prepare(config, workdir) -> Experiment:
     if saved is not None:
         artifact.check_same_data(saved["data"], fingerprint, workdir)
     vocab = task.vocab(splits["train"])
+    if saved is not None:
+        check_compatible(saved, config, vocab.names, workdir / artifact.RUN_FILE)
     splits = task.check_labels(splits, vocab, config.data.unknown_label)
     if saved is not None and config.tokenizer.name_or_path == "train":
         tokenizer = artifact.load_tokenizer(workdir / artifact.TOKENIZER_DIR, task.prefix_space)
@@ -210,8 +215,14 @@ def prepare(config, workdir) -> Experiment:
     model = build_model(config, vocab, tokenizer, pretrained)
     if config.data.max_length > model.config.n_positions:
         raise ConfigError(f"data.max_length={config.data.max_length} exceeds the model's n_positions={model.config.n_positions}")
+    if any(isinstance(ex, lm_data.CompletionExample) for ex in splits["validation"][:1]):
+        check_generation(config, model.config.n_positions)  # validation scores greedy completions
     encoded = encode(config, splits, tokenizer, vocab)
     for name, split in encoded.items():
         log.info("%s: %d rows, %d truncated to %d tokens", name, len(split), split.num_truncated, config.data.max_length)
+    train = encoded["train"]
+    if train.per_token and not any((labels != data.IGNORE_INDEX).any() for labels in train.labels):
+        raise data.DataError(f"the train split has no labelled token left within data.max_length="
+                             f"{config.data.max_length} (truncation cut every label away); raise data.max_length")
     buckets = data.make_buckets(config.data.max_length, tuple(config.data.buckets))
     return Experiment(config, task, vocab, tokenizer, encoded, buckets, data.pad_token_id(tokenizer), model, fingerprint)

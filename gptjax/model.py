@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gptjax.config import ConfigError
 from gptjax.dropout import dropout
 from gptjax.sharding import constrain
 
@@ -70,17 +71,20 @@ class GPT2Config:
     unroll: int | None = None
 
     def __post_init__(self):
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be at least 1")
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.activation_function not in ACTIVATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"activation_function={self.activation_function!r} is not supported; "
                 f"choose one of {sorted(ACTIVATIONS)}"
             )
         if self.unroll is not None and self.unroll < 1:
-            raise ValueError(f"unroll={self.unroll}: at least 1 (a rolled loop)")
+            raise ConfigError(f"unroll={self.unroll}: at least 1 (a rolled loop)")
         if self.attention not in ("xla", "cudnn"):
-            raise ValueError(f"attention={self.attention!r}: choose 'xla' or 'cudnn'")
+            raise ConfigError(f"attention={self.attention!r}: choose 'xla' or 'cudnn'")
         jnp.dtype(self.dtype)  # raises on an unknown dtype name
 
     @property

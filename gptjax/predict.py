@@ -27,6 +27,7 @@ streams through a few compiled shapes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -220,33 +221,41 @@ def predict_label(predictor: Predictor, lines: list[str], numbers: list[int]) ->
     return out
 
 
-def run(predictor, input_path: str | None = None, output_path: str | None = None,
-        overwrite: bool = False) -> int:
+def run(predictor, input_path: str | None = None, output_path: str | None = None, reads=()) -> int:
     """Reads --input (or standard input), writes JSON Lines to --output (or standard output);
     returns the number of lines. `predictor`: a Predictor, or anything with predict_stream and
-    summary (text_generation.TextGenerator)."""
+    summary (text_generation.TextGenerator). `reads`: what else the command reads (the model),
+    where the output may not land either."""
     if input_path and not Path(input_path).is_file():
         raise ConfigError(f"--input={input_path}: no such file")
-    wd.check_output_file(output_path, [input_path], overwrite)
+    wd.check_output(output_path, reads=(input_path, *reads))
     source = open(input_path, "rb") if input_path else sys.stdin.buffer
     # The output is written beside its final name and renamed at the end: an existing file is
-    # never emptied, not even when it is the input, and a killed run leaves no half file.
-    tmp = f"{output_path}.tmp-{os.getpid()}" if output_path else None
-    sink = open(tmp, "wb") if tmp else sys.stdout.buffer
+    # never emptied, and a stopped run (an error, Ctrl-C, SIGTERM) leaves no half file.
+    tmp = os.path.join(os.path.dirname(output_path) or ".", f".{os.path.basename(output_path)}.tmp-{os.getpid()}") \
+        if output_path else None
     count = 0
     try:
+        sink = open(tmp, "wb") if tmp else sys.stdout.buffer
         for record in predictor.predict_stream(read_lines(source, input_path or "<stdin>")):
             sink.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
             count += 1
+            wd.check_not_stopped()
         sink.flush()
         if tmp:
             sink.close()
             os.replace(tmp, output_path)
+    except OSError as e:
+        if e.filename not in (None, tmp, output_path):
+            raise
+        where = f"--output={output_path}" if output_path else "standard output"
+        raise wd.WorkdirError(f"{where}: could not write ({e.strerror or e})") from None
     finally:
         if input_path:
             source.close()
         if tmp and os.path.exists(tmp):
-            sink.close()
+            with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+                sink.close()
             os.unlink(tmp)
     log.info(predictor.summary(count))
     return count

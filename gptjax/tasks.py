@@ -57,6 +57,7 @@ class Task:
     # Using a trained model
     predict: Callable | None  # --mode=predict: (Predictor, lines, line numbers) -> output objects
     benchmark_labels: int  # classes of benchmark mode's random head (0: no classifier)
+    outside_tag: bool = False  # its tags have an O, which data.unknown_label='map_to_o' may map unseen tags to
 
     @property
     def architecture(self) -> str:
@@ -79,6 +80,9 @@ class Task:
 
     def check_config(self, config) -> None:
         """Refuses settings this task cannot train with, before any data is read."""
+        if config.data.unknown_label == "map_to_o" and not self.outside_tag:
+            raise ConfigError(f"data.unknown_label='map_to_o' does not apply to task={self.name!r}: its labels have no "
+                              "O to map to; use data.unknown_label='error'")
         if config.train.freeze == "head_only" and self.head not in HEAD_MODULE:
             raise ConfigError(f"train.freeze='head_only' does not apply to task={self.name!r}: its head is the token "
                               "embedding (wte, tied), not a layer of its own; use train.freeze='top_k' or lora.rank")
@@ -127,6 +131,14 @@ TOKEN = Task(
     evaluator=lambda encoded, labels, completions_fn: evaluation.TokenEvaluator(encoded.examples, labels),
     summary=evaluation.token_summary,
     predict=predict.predict_tags, benchmark_labels=9,  # CoNLL-2003's tags
+    outside_tag=True,
+)
+
+# Word tags without entities (part of speech): read and tokenised as TOKEN's, scored by accuracy.
+TAGGING = dataclasses.replace(
+    TOKEN, name="tagging", primary_metric="accuracy", check=_named, synthetic=None,
+    evaluator=lambda encoded, labels, completions_fn: evaluation.TagEvaluator(encoded.examples, labels),
+    summary=evaluation.tag_summary, benchmark_labels=17, outside_tag=False,  # Universal Dependencies' UPOS tags
 )
 
 SEQUENCE = Task(
@@ -166,7 +178,7 @@ CAUSAL_LM = Task(
     benchmark_labels=0,
 )
 
-TASKS = {task.name: task for task in (TOKEN, SEQUENCE, CAUSAL_LM)}
+TASKS = {task.name: task for task in (TOKEN, TAGGING, SEQUENCE, CAUSAL_LM)}
 
 
 def get(name: str) -> Task:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from gptjax.config import ConfigError
+from gptjax.config import ConfigError, check_generation
 
 log = logging.getLogger("gptjax")
 CHUNK_BATCHES = 4  # prompts are read and decoded this many batches at a time
@@ -28,10 +28,11 @@ class TextGenerator:
             raise ConfigError(f"{trained.source}: a {trained.task.name} model; --mode=generate needs a causal-LM "
                               "model (task=causal_lm, or a GPT2LMHeadModel checkpoint)")
         self.settings = trained.config.generate
+        model = trained.steps.model()
+        check_generation(trained.config, model.config.n_positions)
         # Prompts are text as written: no space added before them (classification runs add one).
         tokenizer = AutoTokenizer.from_pretrained(trained.tokenizer_dir)
-        self.generator = Generator(trained.steps.model(), tokenizer, mesh=trained.steps.mesh,
-                                   batch_size=self.settings.batch_size)
+        self.generator = Generator(model, tokenizer, mesh=trained.steps.mesh, batch_size=self.settings.batch_size)
         self.num_truncated = 0
 
     def complete(self, prompts: list[str], numbers: list[int]) -> list[dict]:

@@ -12,10 +12,9 @@ import jax
 
 from gptjax import artifact, evaluation, peft, sharding, tasks, workdir as wd
 from gptjax.checkpoint import Checkpoints, Preempted, PreemptionGuard, abstract_like, check_compatible, config_json
-from gptjax.config import ConfigError, validate
+from gptjax.config import check_platform, validate
 from gptjax.data import EncodedSplit, epoch_batches, num_batches, pad_token_id
 from gptjax.experiment import prepare
-from gptjax.hf import save_pretrained
 from gptjax.reporting import Reporter
 from gptjax.steps import build_steps
 
@@ -93,12 +92,18 @@ def train_and_evaluate(config, workdir) -> dict:
     readable one; SIGTERM / SIGINT save a checkpoint and raise Preempted. One run at a time
     holds the workdir.
     """
-    validate(config)
-    workdir = wd.prepare_for_writing(wd.path(workdir))
+    check_platform(validate(config))
+    workdir = wd.path(workdir)
+    new_dir, new_lock = not workdir.exists(), not (workdir / wd.LOCK_FILE).exists()
+    wd.prepare_for_writing(workdir)
     if jax.process_index() != 0:  # the hosts of one run share its workdir: process 0 holds the lock
         return _train(config, workdir)
     with wd.lock(workdir):
-        return _train(config, workdir)
+        try:
+            return _train(config, workdir)
+        except BaseException:
+            wd.clean_failed_start(workdir, new_dir, new_lock)  # a start that failed leaves no trace
+            raise
 
 
 def _train(config, workdir) -> dict:
@@ -114,8 +119,6 @@ def _train(config, workdir) -> dict:
         total_steps = min(total_steps, cfg.max_steps)
     steps = build_steps(config, exp.model, mesh, total_steps)
     base = peft.checksum(steps.frozen)  # what checkpoints record of the base they need
-    artifact.save_run(workdir, config, exp.model, exp.tokenizer, exp.vocab.names, exp.fingerprint, steps.frozen)
-    exp.model = None  # the steps hold the parameters from here on
     trainable_params = peft.count(steps.params)
     total_params = trainable_params + peft.count(steps.frozen)
 
@@ -133,9 +136,9 @@ def _train(config, workdir) -> dict:
         progress, pending = Progress(**meta["progress"]), meta["pending_metrics"]
         log.info("resuming from checkpoint %d (epoch %d, batch %d)", int(steps.state.step), progress.epoch + 1,
                  progress.offset)
-    elif checkpoints.latest_step() is not None or checkpoints.best.latest_step() is not None:
-        checkpoints.close()
-        raise ConfigError(f"{workdir}: holds checkpoints; with checkpoint.resume=false use an empty --workdir")
+    # Every check has passed (experiment.prepare, the checkpoint's own): the first write.
+    artifact.save_run(workdir, config, exp.model, exp.tokenizer, exp.vocab.names, exp.fingerprint, steps.frozen)
+    exp.model = None  # the steps hold the parameters from here on
 
     primary = task.primary_metric
     step = int(steps.state.step)
@@ -187,7 +190,8 @@ def _train(config, workdir) -> dict:
             reporter.eval_line(step, "validation", progress.epoch, scalar_metrics(val))
             if task.improves(val[primary], progress.best_score):
                 progress.best_score, progress.best_epoch, progress.epochs_without_gain = val[primary], progress.epoch, 0
-                checkpoints.save_best(step, steps.params, {"epoch": progress.epoch, "validation": val, "base": base})
+                checkpoints.save_best(step, steps.params, {"epoch": progress.epoch, "validation": val, "base": base,
+                                                           "labels": exp.vocab.names})
             else:
                 progress.epochs_without_gain += 1
             if cfg.patience is not None and progress.epochs_without_gain >= cfg.patience:
@@ -223,16 +227,7 @@ def _train(config, workdir) -> dict:
     wd.write_text(workdir / "report.txt",
                   task.format_report(f"validation (epoch {best['epoch'] + 1})", best["validation"]) + "\n\n"
                   + task.format_report("test", test) + "\n")
-    export(steps.model(params), exp.tokenizer, workdir / "export", config)
+    artifact.export(steps.model(params), exp.tokenizer, workdir / "export", config)
     log.info("test %s %.4f; results in %s", primary, test[primary], workdir)
     return results
 
-
-def export(model, tokenizer, directory, config=None) -> None:
-    """The model and its tokenizer as a Hugging Face directory that transformers loads (LoRA
-    adapters folded into the weights: a plain GPT-2), with the run's config beside them. It
-    replaces `directory` whole (workdir.atomic_dir): a kill mid-export leaves the previous one."""
-    with wd.atomic_dir(wd.path(directory, "--export_dir")) as tmp:
-        save_pretrained(model, tmp)
-        tokenizer.save_pretrained(tmp)
-        wd.write_json(wd.path(tmp) / artifact.EXPORT_RUN_FILE, config_json(config) if config is not None else {})

@@ -13,6 +13,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -41,12 +43,35 @@ def is_local(p: epath.Path) -> bool:
     return not str(p).startswith(("gs://", "s3://", "az://", "hf://"))
 
 
+_stop_signals: list[str] = []  # the signals that asked this command to stop
+_SWALLOWING = ("_xla_gc_callback", "__del__")  # functions whose exceptions Python prints and drops
+
+
+def stop(signum, frame):
+    """The SIGTERM / SIGINT handler of commands that write outputs: raises KeyboardInterrupt, so
+    that what is half written is removed on the way out, and records the signal, so that no
+    output is completed even where the exception is swallowed (Python drops exceptions raised
+    inside a garbage-collection callback, which JAX installs)."""
+    _stop_signals.append(signal.Signals(signum).name)
+    if frame is not None and frame.f_code.co_name in _SWALLOWING:
+        return  # it would print a traceback and be lost; the next check_not_stopped raises it
+    raise KeyboardInterrupt(_stop_signals[0])
+
+
+def check_not_stopped() -> None:
+    """Raises KeyboardInterrupt if a signal asked the command to stop: called before an output
+    is completed."""
+    if _stop_signals:
+        raise KeyboardInterrupt(_stop_signals[0])
+
+
 def write_text(p: epath.Path, text: str) -> None:
     """Writes `text` to `p` atomically (temporary file, then rename)."""
     p = epath.Path(p)
     tmp = p.parent / f".{p.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         tmp.write_text(text, encoding="utf-8")
+        check_not_stopped()
         tmp.replace(p)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -150,18 +175,110 @@ def lock(workdir: epath.Path):
         os.close(fd)  # closing drops the flock
 
 
+def clean_failed_start(workdir: epath.Path, new_dir: bool, new_lock: bool) -> None:
+    """After a training command that failed before its run existed (no run.json): the lock file
+    and the workdir, each if this command created it (the workdir only if left empty)."""
+    if (workdir / RUN_MARKER).exists():
+        return
+    if new_lock:
+        (workdir / LOCK_FILE).unlink(missing_ok=True)
+    if new_dir and not any(True for _ in workdir.iterdir()):
+        workdir.rmdir()
+
+
 def _holder() -> dict:
     return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def check_output_file(output, inputs=(), overwrite: bool = False) -> None:
-    """Refuses an output file that is one of the inputs (unless --overwrite)."""
-    if output is None or overwrite:
-        return
-    for name in inputs:
-        if name and os.path.exists(name) and os.path.exists(output) and os.path.samefile(name, output):
-            raise WorkdirError(f"--output={output}: is the input file; write elsewhere (or pass --overwrite)")
+# Files that make a directory a trained run, an export or a model: no output lands inside one.
+RUN_MARKER, EXPORT_MARKER = "run.json", "gptjax.json"
+MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
-def is_nonempty_dir(p: epath.Path) -> bool:
-    return p.is_dir() and any(True for _ in p.iterdir())
+def owner(p: epath.Path) -> tuple[epath.Path, str] | None:
+    """The trained run, gptjax export or Hugging Face model directory that `p` is (or is in),
+    as (directory, what it is); None when it is in none."""
+    p = _absolute(p)
+    chain = (p, *p.parents)
+    for directory in chain:  # a run first: its export/ belongs to it
+        if (directory / RUN_MARKER).exists():
+            return directory, "a trained run"
+    for directory in chain:
+        if (directory / EXPORT_MARKER).exists():
+            return directory, "a gptjax export"
+        if (directory / "config.json").exists() and any((directory / name).exists() for name in MODEL_WEIGHTS):
+            return directory, "a model directory"
+    return None
+
+
+def _absolute(p: epath.Path) -> epath.Path:
+    return epath.Path(os.path.realpath(p)) if is_local(p) else epath.Path(p)
+
+
+def same_path(a, b) -> bool:
+    return str(_absolute(path(a))) == str(_absolute(path(b)))
+
+
+def overlaps(a, b) -> bool:
+    """Whether paths a and b are the same file or one lies inside the other."""
+    a, b = str(_absolute(path(a))), str(_absolute(path(b)))
+    if a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/"):
+        return True
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)  # a hard link
+
+
+def check_output(output, reads=(), flag: str = "--output") -> epath.Path | None:
+    """The output file of a reading mode, refused before any work if it would land on anything
+    the command reads (`reads`: files and directories), on a directory, or inside a trained run,
+    an export or a model directory. An existing file elsewhere is replaced (whole, at the end)."""
+    if output is None:
+        return None
+    out = path(output, flag)
+    if out.is_dir():
+        raise WorkdirError(f"{flag}={out}: is a directory; name a file")
+    for read in reads:
+        if read and overlaps(out, read):
+            raise WorkdirError(f"{flag}={out}: is {read} (or inside it), which this command reads; write elsewhere")
+    found = owner(out.parent)
+    if found:
+        raise WorkdirError(f"{flag}={out}: lies inside {found[0]}, {found[1]}, whose files no reading mode replaces; "
+                           "write elsewhere")
+    if is_local(out):
+        if not out.parent.is_dir():
+            raise WorkdirError(f"{flag}={out}: no such directory {out.parent}")
+        if not os.access(out.parent, os.W_OK):
+            raise WorkdirError(f"{flag}={out}: cannot write in {out.parent} (permission denied)")
+    return out
+
+
+@contextmanager
+def replace_files(dest: epath.Path, owned=(), last: str | None = None):
+    """Yields a local directory (a str) to fill with files. When the block ends without error,
+    each of them replaces the file of its name in `dest` (created if need be), `last` after all
+    the others, then the files named in `owned` that the new set lacks are removed; nothing else
+    in `dest` is touched. A new `dest` appears whole; an existing one gets each file whole (a kill
+    between two leaves a mix, which a manifest written `last` reveals)."""
+    dest = epath.Path(dest)
+    local = is_local(dest)
+    tmp = tempfile.mkdtemp(dir=dest.parent if local and dest.parent.is_dir() else None, prefix=f".{dest.name}.tmp-")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # a directory as mkdir makes it (mkdtemp's is private)
+    try:
+        yield tmp
+        check_not_stopped()
+        names = sorted(os.listdir(tmp), key=lambda name: name == last)
+        if local and not dest.exists():
+            os.rename(tmp, dest)
+            return
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            if local:
+                os.replace(os.path.join(tmp, name), dest / name)
+            else:
+                epath.Path(tmp, name).copy(dest / name, overwrite=True)
+        for name in sorted(set(owned) - set(names)):
+            if (dest / name).is_file():
+                (dest / name).unlink()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -11,7 +11,7 @@ import os
 
 from gptjax import artifact, data, workdir as wd
 from gptjax.experiment import load_data
-from gptjax.train import evaluate_encoded, export as export_model, scalar_metrics
+from gptjax.train import evaluate_encoded, scalar_metrics
 
 log = logging.getLogger("gptjax")
 
@@ -44,7 +44,10 @@ def encoded_split(trained, split: str = "test", input_file: str | None = None) -
 def evaluate(source, split: str = "test", which: str = "best", overrides=None, input_file=None, output=None) -> dict:
     """Scores a trained model on a split (or a file); prints the report and, with `output`,
     writes the metrics there as JSON."""
+    wd.check_output(output, reads=(source, input_file))
     trained = artifact.load(source, which, overrides)
+    if not input_file and trained.config.data.source not in (None, "synthetic"):
+        wd.check_output(output, reads=(trained.config.data.source,))  # the split is read from there
     encoded = encoded_split(trained, split, input_file)
     metrics = evaluate_encoded(trained.task, encoded, trained.labels, trained.steps, trained.config, trained.tokenizer)
     print(trained.task.format_report(f"{input_file or split} ({which})", metrics))
@@ -54,26 +57,38 @@ def evaluate(source, split: str = "test", which: str = "best", overrides=None, i
 
 
 def export(source, export_dir, which: str = "best", overwrite: bool = False) -> str:
-    """Writes a trained model, with its tokenizer, to export_dir as a Hugging Face directory.
-    A non-empty directory that is not an earlier gptjax export is refused unless `overwrite`."""
+    """Writes a trained model, with its tokenizer, to export_dir as a Hugging Face directory."""
     if not export_dir:
         raise wd.WorkdirError("--mode=export needs --export_dir=DIR")
     target = wd.path(export_dir, "--export_dir")
-    source_path = wd.path(source, "--workdir")
-    if target.exists() and not target.is_dir():
-        raise wd.WorkdirError(f"--export_dir={target}: is a file")
-    if _inside(target, source_path) or _inside(source_path, target):
-        raise wd.WorkdirError(f"--export_dir={target}: overlaps the model being read ({source_path}); a reading "
-                              "mode writes nothing into it: export elsewhere")
-    if not overwrite and wd.is_nonempty_dir(target) and not (target / artifact.EXPORT_RUN_FILE).exists():
-        raise wd.WorkdirError(f"--export_dir={target}: not empty and not an earlier gptjax export; choose an empty "
-                              "or new directory (or pass --overwrite)")
+    check_export_dir(target, wd.path(source, "--workdir"), overwrite)
     trained = artifact.load(source, which)
-    export_model(trained.model, trained.tokenizer, target, trained.config)
+    artifact.export(trained.model, trained.tokenizer, target, trained.config)
     log.info("exported the %s model of %s to %s", which, source, target)
     return str(target)
 
 
-def _inside(path, parent) -> bool:
-    a, b = os.path.abspath(os.fspath(path)), os.path.abspath(os.fspath(parent))
-    return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
+def check_export_dir(target, source, overwrite: bool) -> None:
+    """Refuses an export directory that is a file, overlaps the model being read, is or lies in
+    a trained run, or lies in an export or a model. An earlier gptjax export is updated (its own
+    files replaced); another non-empty directory only with `overwrite`, and even then only the
+    files of the export's names are replaced."""
+    if target.exists() and not target.is_dir():
+        raise wd.WorkdirError(f"--export_dir={target}: is a file")
+    if wd.overlaps(target, source):
+        raise wd.WorkdirError(f"--export_dir={target}: overlaps the model being read ({source}); a reading "
+                              "mode writes nothing into it: export elsewhere")
+    found = wd.owner(target)
+    if found:
+        directory, what = found
+        itself = wd.same_path(directory, target)
+        if what == "a trained run" or not itself:
+            raise wd.WorkdirError(f"--export_dir={target}: {'is' if itself else 'lies inside'} {directory}, {what}; "
+                                  "export into an empty or new directory")
+        if what == "a gptjax export":
+            return  # updated: only its own files are replaced
+    if not overwrite and target.is_dir() and any(True for _ in target.iterdir()):
+        raise wd.WorkdirError(f"--export_dir={target}: not empty and not an earlier gptjax export; choose an empty "
+                              "or new directory (or pass --overwrite: the export's files are then written beside "
+                              "the others, replacing those of the same names)")
+

@@ -155,13 +155,10 @@ def test_overwrites_are_refused(trained_run, tmp_path):
     workdir, _ = trained_run
     sentences = tmp_path / "in.txt"
     sentences.write_text(SENTENCES)
-    out = cli("--mode=predict", f"--workdir={workdir}", f"--input={sentences}", f"--output={sentences}")
-    assert out.returncode != 0 and "is the input file" in out.stderr
-    assert sentences.read_text() == SENTENCES
-    # With --overwrite the input is replaced only once the output is complete.
-    out = cli("--mode=predict", f"--workdir={workdir}", f"--input={sentences}", f"--output={sentences}", "--overwrite")
-    assert out.returncode == 0, out.stderr
-    assert len(sentences.read_text().splitlines()) == 2 and sentences.read_text().startswith('{"line": 1')
+    for flags in ((), ("--overwrite",)):  # an output never lands on an input, --overwrite or not
+        out = cli("--mode=predict", f"--workdir={workdir}", f"--input={sentences}", f"--output={sentences}", *flags)
+        assert out.returncode != 0 and "which this command reads" in out.stderr
+        assert sentences.read_text() == SENTENCES
 
     model = tmp_path / "base-model"
     model.mkdir()
@@ -297,6 +294,10 @@ def test_damaged_model_files_are_one_clear_line(trained_run, tmp_path):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     out = cli("--mode=predict", f"--model_dir={export}", stdin="Hughes .\n")
     assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "model.safetensors: damaged" in out.stderr  # its sha256 against the export's gptjax.json
+    (export / "gptjax.json").unlink()  # an export without a manifest: safetensors' own check
+    out = cli("--mode=predict", f"--model_dir={export}", stdin="Hughes .\n")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "model.safetensors: cannot be read as safetensors" in out.stderr
     shutil.copy(workdir / "export" / "model.safetensors", weights)
     (export / "config.json").write_text('{"model_type": "gpt2", ')
@@ -340,8 +341,7 @@ def test_workdir_files_on_a_cloud_path(fake_gcs, trained_run):
     reporter = Reporter(remote, 10)
     reporter.eval_line(3, "validation", 0, {"f1": 0.5})
     reporter.close()
-    from gptjax.artifact import load_tokenizer
-    from gptjax.train import export
+    from gptjax.artifact import export, load_tokenizer
 
     with wd.lock(remote):
         export(__import__("gptjax").from_pretrained(str(workdir / "export"), "token_classification"),

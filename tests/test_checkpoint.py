@@ -211,7 +211,7 @@ def test_eight_devices_to_one_and_back(tmp_path):
 def test_config_that_matters_must_match(reference, tmp_path):
     shutil.copytree(reference, tmp_path / "run")
     out = run(tmp_path / "run", "--config.model.arch.n_embd=64", expect=1)
-    assert "model.arch" in out and "use another --workdir" in out
+    assert "model.arch.n_embd=32" in out and "model.arch.n_embd=64" in out and "another --workdir" in out
     out = run(tmp_path / "run", "--config.train.batch_size=32", expect=1)
     assert "train.batch_size=16" in out and "train.batch_size=32" in out
     # Harmless: more epochs. The run continues where it stopped.
@@ -232,4 +232,4 @@ def test_labels_must_match(tmp_path):
 def test_resume_false_refuses_a_used_workdir(reference, tmp_path):
     shutil.copytree(reference, tmp_path / "run")
     out = run(tmp_path / "run", "--config.checkpoint.resume=false", expect=1)
-    assert "holds checkpoints" in out
+    assert "holds a trained run" in out

@@ -40,10 +40,12 @@ def write(path, text):
 def test_every_task_is_one_complete_entry():
     for name, task in tasks.TASKS.items():
         assert task.name == name and task.head in model_lib.HEADS
-        assert tasks.by_architecture([task.architecture]) is task
+        # One export class a head; token and tagging share GPT2ForTokenClassification (gptjax.json tells them apart).
+        assert tasks.by_architecture([task.architecture]).head == task.head
     assert tasks.CAUSAL_LM.architecture == "GPT2LMHeadModel"
     assert not tasks.CAUSAL_LM.higher_is_better and tasks.CAUSAL_LM.primary_metric == "loss"
-    with pytest.raises(ConfigError, match="task='span': choose one of token, sequence, causal_lm"):
+    assert tasks.TAGGING.primary_metric == "accuracy" and tasks.TAGGING.higher_is_better
+    with pytest.raises(ConfigError, match="task='span': choose one of token, tagging, sequence, causal_lm"):
         tasks.get("span")
 
 
@@ -332,7 +334,8 @@ def test_prompt_completion_run_scores_exact_match_through_the_hook(tmp_path, mon
         return complete
 
     monkeypatch.setattr(train, "completions_fn", fake_completions_fn)
-    config = tiny_config("causal_lm", tmp_path, **{**LM_RUN, "train.max_steps": 3, "train.num_epochs": 1})
+    config = tiny_config("causal_lm", tmp_path, **{**LM_RUN, "train.max_steps": 3, "train.num_epochs": 1,
+                                                   "generate.max_new_tokens": 8})  # within n_positions=32
     results = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert results["test"]["exact_match"] == pytest.approx(sum(i % 2 for i in range(len(rows))) / len(rows))
     assert seen and set(seen) == {len(rows)}

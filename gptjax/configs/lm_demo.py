@@ -27,4 +27,5 @@ def get_config():
     config.train.num_epochs = 8
     config.train.learning_rate = 2e-3
     config.train.log_every = 20
+    config.generate.prompt_length = 64  # the decoding benchmark's prompt, with max_new_tokens=64: n_positions
     return config
