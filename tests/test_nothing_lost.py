@@ -113,6 +113,7 @@ def hostile_commands(root):
     ]
 
 
+@pytest.mark.fast
 def test_hostile_commands_change_nothing(world):
     before = snapshot(world)
     for argv, message in hostile_commands(world):
@@ -178,6 +179,7 @@ def _scribble(path, offset, size=4096):
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
 def test_random_bytes_in_the_best_model_are_caught(world, tmp_path, fraction):
     damaged = tmp_path / "run"
