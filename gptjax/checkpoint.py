@@ -31,7 +31,7 @@ from etils import epath
 from gptjax.config import ConfigError, base_config
 from gptjax.hf import CheckpointError
 from gptjax.sharding import to_host
-from gptjax.workdir import is_local
+from gptjax.workdir import check_checkpoint_path, is_local
 
 log = logging.getLogger("gptjax")
 
@@ -140,6 +140,7 @@ class Checkpoints:
     def __init__(self, workdir, keep: int = 3, read_only: bool = False):
         """`read_only`: for the modes that only read a workdir; nothing is created, moved or deleted."""
         workdir = epath.Path(workdir)
+        check_checkpoint_path(workdir)
         workdir = workdir.resolve() if is_local(workdir) else workdir
         self.directory = workdir / "checkpoints"
         self.best_directory = workdir / "best"

@@ -94,6 +94,7 @@ def train_and_evaluate(config, workdir) -> dict:
     """
     check_platform(validate(config))
     workdir = wd.path(workdir)
+    wd.check_checkpoint_path(workdir)
     new_dir, new_lock = not workdir.exists(), not (workdir / wd.LOCK_FILE).exists()
     wd.prepare_for_writing(workdir)
     if jax.process_index() != 0:  # the hosts of one run share its workdir: process 0 holds the lock

@@ -39,6 +39,14 @@ def path(value, flag: str = "--workdir") -> epath.Path:
     return epath.Path(str(value).strip())
 
 
+def check_checkpoint_path(p: epath.Path) -> None:
+    """Refuses a workdir Orbax cannot hold checkpoints in: it reads them through glob patterns,
+    which refuse a recursive '**'."""
+    if "**" in str(p):
+        raise WorkdirError(f"--workdir={p}: a path with '**' cannot hold checkpoints (Orbax reads them through glob "
+                           "patterns, which refuse it); rename the directory")
+
+
 def is_local(p: epath.Path) -> bool:
     return not str(p).startswith(("gs://", "s3://", "az://", "hf://"))
 

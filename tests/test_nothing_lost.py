@@ -141,6 +141,14 @@ def test_a_start_that_fails_leaves_no_workdir(world, tmp_path):
     assert not any((tmp_path / "empty").iterdir())  # the lock file went with the failed start
 
 
+def test_a_workdir_orbax_cannot_glob_is_refused_before_anything(world, tmp_path):
+    odd = tmp_path / "runs [1] **"
+    error = main(*flags(world / "data"), f"--workdir={odd}")
+    assert "a path with '**' cannot hold checkpoints" in error and not odd.exists()
+    shutil.copytree(world / "run", odd)
+    assert "cannot hold checkpoints" in main("--mode=eval", f"--workdir={odd}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Export: its own files, and nothing else
 
