@@ -358,7 +358,7 @@ def _restore_trainable(workdir, which: str, target, config):
         step = jax.ShapeDtypeStruct((), "int32")
         restored = checkpoints.restore_latest_params(steps_lib.TrainState(step, target, jax.eval_shape(tx.init, target)))
         if restored is None:
-            raise CheckpointError(f"{checkpoints.directory}: no readable checkpoint in it")
+            raise CheckpointError(f"{checkpoints.directory}: no checkpoint in it")
         log.info("the latest checkpoint: step %d", restored[1])
         return restored[0], restored[2]
     finally:

@@ -242,23 +242,25 @@ class Checkpoints:
         return result.params, result.meta
 
     def restore_latest_params(self, state_target):
-        """(params, step, meta) of the newest readable checkpoint, or None. `state_target` is the
-        abstract train state; only its parameters are read (placeholders skip the step and the
-        optimizer state, which are never built). Damaged checkpoints are skipped, not moved."""
+        """(params, step, meta) of the newest checkpoint, or None if there is none; a damaged one
+        is a CheckpointError naming it (the modes that ask for the latest get it, not an older
+        one in its place). `state_target` is the abstract train state; only its parameters are
+        read (placeholders skip the step and the optimizer state, which are never built)."""
+        step = self.manager.latest_step()
+        if step is None:
+            return None
         skip = lambda tree: jax.tree.map(lambda _: ocp.PLACEHOLDER, tree)  # noqa: E731
         item = type(state_target)(skip(state_target[0]), state_target[1], skip(state_target[2]))
         restore_args = jax.tree.map(lambda x: x if x is ocp.PLACEHOLDER else ocp.ArrayRestoreArgs(sharding=x.sharding),
                                     item)
-        for step in sorted(self.manager.all_steps(), reverse=True):
-            try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args), meta=ocp.args.JsonRestore()))
-                verify(restored.meta.get("checksums"), restored.state)
-                return restored.state[1], step, restored.meta
-            except Exception as e:  # noqa: BLE001 - any failure to read means this one is unusable
-                log.warning("checkpoint %d in %s is damaged (%s); trying the one before it", step, self.directory,
-                            _reason(e))
-        return None
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args), meta=ocp.args.JsonRestore()))
+            verify(restored.meta.get("checksums"), restored.state)
+        except Exception as e:  # noqa: BLE001 - any failure to read means it is unusable
+            raise CheckpointError(f"{self.directory / str(step)}: the latest checkpoint is damaged ({_reason(e)}); use "
+                                  "--checkpoint=best (resuming training sets a damaged checkpoint aside)") from None
+        return restored.state[1], step, restored.meta
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

@@ -294,10 +294,12 @@ def check_generation(config: ConfigDict, n_positions: int, prompt_length: int = 
     the model's n_positions (longer prompts are cut to leave the room; one token is the least)."""
     g = config.generate
     if prompt_length + g.max_new_tokens > n_positions:
-        what = f"generate.prompt_length={prompt_length} + " if prompt_length > 1 else "a prompt of one token + "
-        raise ConfigError(f"{what}generate.max_new_tokens={g.max_new_tokens} exceed the model's "
-                          f"n_positions={n_positions}; lower generate.max_new_tokens (at most "
-                          f"{n_positions - prompt_length})")
+        if prompt_length > 1:
+            raise ConfigError(f"generate.prompt_length={prompt_length} + generate.max_new_tokens={g.max_new_tokens} "
+                              f"exceed the model's n_positions={n_positions}; lower them (together at most "
+                              f"{n_positions})")
+        raise ConfigError(f"generate.max_new_tokens={g.max_new_tokens} leaves no room for a prompt in the model's "
+                          f"n_positions={n_positions}; lower it (at most {n_positions - 1})")
 
 
 def check_platform(config: ConfigDict) -> None:

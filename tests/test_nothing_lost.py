@@ -188,14 +188,20 @@ def _scribble(path, offset, size=4096):
 
 
 @pytest.mark.fast
+@pytest.mark.parametrize("which", ["best", "latest"])
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
-def test_random_bytes_in_the_best_model_are_caught(world, tmp_path, fraction):
+def test_random_bytes_in_weights_are_caught(world, tmp_path, fraction, which):
     damaged = tmp_path / "run"
     shutil.copytree(world / "run", damaged)
-    largest = max((p for p in (damaged / "best").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-    _scribble(largest, int(largest.stat().st_size * fraction))
-    error = main("--mode=eval", f"--workdir={damaged}", f"--input={world / 'user' / 'labelled.conll'}")
-    assert "the best model is damaged" in error and "--checkpoint=latest" in error
+    if which == "best":
+        directory = damaged / "best"
+    else:
+        directory = max((damaged / "checkpoints").iterdir(), key=lambda p: int(p.name)) / "state"
+    for data in (p for p in directory.rglob("*") if p.is_file() and p.parent.name == "d"):  # Orbax's array files
+        _scribble(data, int(data.stat().st_size * fraction))
+    error = main("--mode=eval", f"--workdir={damaged}", f"--checkpoint={which}",
+                 f"--input={world / 'user' / 'labelled.conll'}")
+    assert f"the {which} {'model' if which == 'best' else 'checkpoint'} is damaged" in error
 
 
 def test_a_checkpoint_with_other_bytes_fails_its_checksums(tmp_path):
@@ -276,11 +282,11 @@ def test_generation_limits_are_checked_against_the_model(tmp_path):
 
     config = load_config("lm_demo")
     check_generation(config, 128, config.generate.prompt_length)  # the README's benchmark fits
-    with pytest.raises(ConfigError, match="exceed the model's n_positions=128; lower generate.max_new_tokens "
-                                          r"\(at most 63\)"):
+    with pytest.raises(ConfigError, match=r"generate.prompt_length=65 \+ generate.max_new_tokens=64 exceed the model's "
+                                          r"n_positions=128; lower them \(together at most 128\)"):
         check_generation(config, 128, 64 + 1)
     config.generate.max_new_tokens = 128
-    with pytest.raises(ConfigError, match="a prompt of one token"):
+    with pytest.raises(ConfigError, match=r"max_new_tokens=128 leaves no room for a prompt .* \(at most 127\)"):
         check_generation(config, 128)
 
     from test_generate import _lm_checkpoint
