@@ -387,25 +387,32 @@ def write_conll_dir(directory, seed, pos=False) -> None:
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
 
-def write_prompt_completion_dir(directory) -> None:
+def write_jsonl_splits(directory, seed, sizes, row) -> None:
+    """train, validation and test .jsonl files of `sizes` objects each, row(rng) a line."""
     os.makedirs(directory, exist_ok=True)
-    rng = np.random.RandomState(7)
-    for split, count in (("train", 200), ("validation", 20), ("test", 20)):
+    rng = np.random.RandomState(seed)
+    for split, count in zip(("train", "validation", "test"), sizes):
         with open(os.path.join(directory, f"{split}.jsonl"), "w", encoding="utf-8") as f:
-            for _ in range(count):
-                i = rng.randint(7)
-                f.write(json.dumps({"prompt": f"After {DAYS[i]} comes", "completion": f" {DAYS[(i + 1) % 7]}"}) + "\n")
+            f.writelines(json.dumps(row(rng)) + "\n" for _ in range(count))
+
+
+def completion_row(rng) -> dict:
+    i = rng.randint(7)
+    return {"prompt": f"After {DAYS[i]} comes", "completion": f" {DAYS[(i + 1) % 7]}"}
+
+
+def sentiment_row(rng) -> dict:
+    good = rng.randint(2)
+    return {"text": " ".join(["a", "great" if good else "terrible", "film", "about", DAYS[rng.randint(7)]]),
+            "label": "pos" if good else "neg"}
+
+
+def write_prompt_completion_dir(directory) -> None:
+    write_jsonl_splits(directory, 7, (200, 20, 20), completion_row)
 
 
 def write_sequence_dir(directory) -> None:
-    os.makedirs(directory, exist_ok=True)
-    rng = np.random.RandomState(11)
-    for split, count in (("train", 60), ("validation", 16), ("test", 16)):
-        with open(os.path.join(directory, f"{split}.jsonl"), "w", encoding="utf-8") as f:
-            for _ in range(count):
-                good = rng.randint(2)
-                words = ["a", "great" if good else "terrible", "film", "about", DAYS[rng.randint(7)]]
-                f.write(json.dumps({"text": " ".join(words), "label": "pos" if good else "neg"}) + "\n")
+    write_jsonl_splits(directory, 11, (60, 16, 16), sentiment_row)
 
 
 class Sweep:
