@@ -1,5 +1,6 @@
 """What a checkpoint of a gpt2-size training state costs: size on disk, the time the train loop is
-blocked by an asynchronous save, and the full write time it hides.
+blocked by an asynchronous save (the per-array checksums included), and the full write time it
+hides; and the checksums alone, which a restore computes again to verify what it read.
 
     python benchmarks/checkpoint_cost.py [--size gpt2] [--repeats 3]
 
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from gptjax import sharding
-from gptjax.checkpoint import Checkpoints
+from gptjax.checkpoint import Checkpoints, fingerprints
 from gptjax.config import base_config
 from gptjax.model import init_model
 from gptjax.steps import build_steps
@@ -46,10 +47,18 @@ def main():
             total.append(time.perf_counter() - start)
         size = sum(p.stat().st_size for p in (Path(tmp) / "checkpoints" / str(args.repeats)).rglob("*") if p.is_file())
         checkpoints.close()
+    fingerprints(state)  # compiled once, as in training
+    checksums = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        fingerprints(state)
+        checksums.append(time.perf_counter() - start)
     b, t = statistics.median(blocked), statistics.median(total)
     print(f"{args.size} training state: {state_bytes / 2**20:.0f} MiB in memory, {size / 2**20:.0f} MiB on disk")
     print(f"save: {b:.2f} s blocking the loop, {t:.2f} s until written (median of {args.repeats}); "
           f"the asynchronous write hides {t - b:.2f} s ({100 * (t - b) / t:.0f}%)")
+    print(f"checksums of every array: {statistics.median(checksums):.3f} s (median of {args.repeats}; part of the "
+          f"blocking time above, and again when a restore verifies them)")
 
 
 if __name__ == "__main__":

@@ -103,6 +103,14 @@ def _no_background_tracebacks(record: logging.LogRecord) -> bool:
     return not (record.exc_info and "orbax" in record.pathname)
 
 
+def _no_closed_loop_tracebacks(unraisable, print_it=sys.unraisablehook):
+    """TensorStore's reads and writes still in flight when Orbax gives up on a damaged checkpoint
+    or a full disk call back into Orbax's closed event loop, and each failure reaches
+    sys.unraisablehook: pages of one RuntimeError after the one-line error that matters."""
+    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+        print_it(unraisable)
+
+
 INTERRUPTED_EXIT_CODE = 130  # the shell's code for a command stopped by Ctrl-C
 
 
@@ -113,6 +121,7 @@ def main(argv=None):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("absl").addFilter(_no_background_tracebacks)
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # the same failure again, from Orbax's event loops
+    sys.unraisablehook = _no_closed_loop_tracebacks
     # SIGTERM as Ctrl-C: whatever is half written is removed on the way out (workdir.stop).
     # Training's loop turns both into a checkpoint and a clean stop of its own (checkpoint.py).
     previous = {sig: signal.signal(sig, wd.stop) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -811,7 +811,11 @@ def damage_best(c, run):
 
 
 def damage_latest(c, run):
-    damage(largest_file(latest_checkpoint(run)), 2)
+    """Every array file of the latest checkpoint: its largest may hold only the optimizer state,
+    which eval never reads (training's resume verifies and sets it aside)."""
+    for root, _, files in os.walk(latest_checkpoint(run)):
+        for name in files if os.path.basename(root) == "d" else ():
+            damage(os.path.join(root, name), 2)
 
 
 def damage_safetensors(c, e):
