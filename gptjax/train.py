@@ -12,7 +12,7 @@ import jax
 
 from gptjax import artifact, evaluation, peft, sharding, tasks, workdir as wd
 from gptjax.checkpoint import Checkpoints, Preempted, PreemptionGuard, abstract_like, check_compatible, config_json
-from gptjax.config import check_platform, validate
+from gptjax.config import ConfigError, check_platform, validate
 from gptjax.data import EncodedSplit, epoch_batches, num_batches, pad_token_id
 from gptjax.experiment import prepare
 from gptjax.reporting import Reporter
@@ -137,6 +137,11 @@ def _train(config, workdir) -> dict:
         progress, pending = Progress(**meta["progress"]), meta["pending_metrics"]
         log.info("resuming from checkpoint %d (epoch %d, batch %d)", int(steps.state.step), progress.epoch + 1,
                  progress.offset)
+    elif checkpoints.best.latest_step() is not None:  # every checkpoint was damaged and set aside
+        checkpoints.close()
+        raise ConfigError(f"{checkpoints.directory}: no readable checkpoint to resume from (the damaged ones are set "
+                          "aside as damaged-*); starting over here would replace the run's best model: train in a new "
+                          "--workdir")
     # Every check has passed (experiment.prepare, the checkpoint's own): the first write.
     artifact.save_run(workdir, config, exp.model, exp.tokenizer, exp.vocab.names, exp.fingerprint, steps.frozen)
     exp.model = None  # the steps hold the parameters from here on

@@ -204,6 +204,17 @@ def test_random_bytes_in_weights_are_caught(world, tmp_path, fraction, which):
     assert f"the {which} {'model' if which == 'best' else 'checkpoint'} is damaged" in error
 
 
+def test_resume_with_every_checkpoint_damaged_keeps_the_best_model(world, tmp_path):
+    damaged = tmp_path / "run"
+    shutil.copytree(world / "run", damaged)
+    for data in (p for p in (damaged / "checkpoints").rglob("*") if p.is_file() and p.parent.name == "d"):
+        _scribble(data, data.stat().st_size // 2)
+    best = snapshot(damaged / "best")
+    error = main(*flags(world / "data"), f"--workdir={damaged}")
+    assert "no readable checkpoint to resume from" in error and "new --workdir" in error
+    assert snapshot(damaged / "best") == best
+
+
 def test_a_checkpoint_with_other_bytes_fails_its_checksums(tmp_path):
     """Arrays that read back fine but are not the ones saved: only the checksums can tell."""
     import jax.numpy as jnp
