@@ -12,7 +12,8 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 # itself with a tuned allocator: gptjax/malloc.py) before JAX is imported.
 _EXPORTS = {
     "gptjax.decoding": ("Completion", "Generator", "generate", "generate_ids"),
-    "gptjax.hf": ("CheckpointError", "from_pretrained", "save_pretrained"),
+    "gptjax.errors": ("CheckpointError", "ConfigError", "DataError", "GptjaxError"),
+    "gptjax.hf": ("from_pretrained", "save_pretrained"),
     "gptjax.model": ("GPT2", "HEADS", "SIZES", "GPT2Config", "abstract_model", "count_params", "init_model"),
     "gptjax.peft": ("add_lora", "merge_lora"),
 }
@@ -33,6 +34,9 @@ __all__ = [
     "HEADS",
     "SIZES",
     "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "GptjaxError",
     "Completion",
     "Generator",
     "abstract_model",

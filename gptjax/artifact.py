@@ -30,8 +30,9 @@ from ml_collections import ConfigDict
 
 from gptjax import peft, sharding, steps as steps_lib, tasks, workdir as wd
 from gptjax.checkpoint import Checkpoints, _lookup, check_compatible, config_json
-from gptjax.config import ConfigError, base_config, check_platform, validate
-from gptjax.hf import CONFIG, CheckpointError, from_pretrained, resolve_checkpoint, save_pretrained
+from gptjax.config import base_config, check_platform, validate
+from gptjax.errors import CheckpointError, ConfigError
+from gptjax.hf import CONFIG, from_pretrained, resolve_checkpoint, save_pretrained
 from gptjax.model import GPT2Config, init_model
 
 log = logging.getLogger("gptjax")

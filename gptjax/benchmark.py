@@ -35,6 +35,7 @@ import numpy as np
 
 from gptjax import malloc
 from gptjax.config import check_generation
+from gptjax.errors import ConfigError
 
 log = logging.getLogger("gptjax")
 
@@ -452,7 +453,6 @@ def peak_memory(mesh, compiled) -> tuple[int | None, str]:
 def model_config_of(config):
     """The config's architecture without a download: a named size (random weights), or a local
     checkpoint's config.json; vocab_size as training would have it."""
-    from gptjax.config import ConfigError
     from gptjax.experiment import model_overrides
     from gptjax.model import SIZES, GPT2Config
 

@@ -16,8 +16,6 @@ import contextlib
 import errno
 import json
 import logging
-import os
-import re
 import shutil
 import signal
 import time
@@ -28,8 +26,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
-from gptjax.config import ConfigError, base_config
-from gptjax.hf import CheckpointError
+from gptjax.config import base_config
+from gptjax.errors import CheckpointError, CheckpointSaveError, ConfigError, first_line
 from gptjax.sharding import to_host
 from gptjax.workdir import check_checkpoint_path, is_local
 
@@ -292,32 +290,12 @@ def _check_free_space(directory, tree) -> None:
                                     f"{free / 2**20:.1f} MiB are free")
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e).splitlines() or [""])[0][:200]
-
-
 def _reason(e: Exception) -> str:
     """Why a checkpoint could not be read, in a line: a checksum's verdict, or the error's start
     (TensorStore's messages go on for pages)."""
     if isinstance(e, CheckpointError):
         return str(e)
-    return f"{type(e).__name__}: {_first_line(e).split(' See full TensorStore details')[0]}"
-
-
-class CheckpointSaveError(RuntimeError):
-    """A checkpoint could not be written; the run stops (the checkpoints before it still resume)."""
-
-    def __init__(self, step: int, directory, error: Exception):
-        text = str(error)
-        # A background write's failure surfaces at the next save: its own step is in its path.
-        failed = re.search(r"[/\\](\d+)\.orbax-checkpoint-tmp", text)
-        step = int(failed.group(1)) if failed else step
-        code = re.search(r"os_error_code='(\d+)'", text)
-        reason = (getattr(error, "strerror", None) or (os.strerror(int(code.group(1))) if code else None)
-                  or _first_line(error) or type(error).__name__)
-        super().__init__(f"checkpoint {step} could not be written to {directory} ({reason}); "
-                         "the run stopped. Free space or fix the permissions, then run the same command to resume "
-                         "from the last checkpoint written")
+    return f"{type(e).__name__}: {first_line(e).split(' See full TensorStore details')[0]}"
 
 
 class PreemptionGuard:

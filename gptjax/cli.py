@@ -34,7 +34,8 @@ import signal
 import sys
 
 from gptjax import workdir as wd
-from gptjax.config import ConfigError, apply_overrides, check_platform, load_config, validate
+from gptjax.config import apply_overrides, check_platform, load_config, validate
+from gptjax.errors import ConfigError, GptjaxError, WorkdirError
 
 
 READING_MODES = ("eval", "export", "predict", "generate")  # they use a trained run and write nothing into it
@@ -158,13 +159,8 @@ def _main(args, overrides):
             handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [process {jax.process_index()}] %(message)s", "%H:%M:%S"))
     from gptjax import predict, workdir_modes
     from gptjax.artifact import load
-    from gptjax.checkpoint import CheckpointSaveError, Preempted
-    from gptjax.data import DataError
-    from gptjax.experiment import SetupError
-    from gptjax.hf import CheckpointError
-    from gptjax.reporting import NonFiniteError
+    from gptjax.checkpoint import Preempted
     from gptjax.train import train_and_evaluate
-    from gptjax.workdir import WorkdirError
 
     source = args.model_dir or args.workdir
     try:
@@ -196,8 +192,7 @@ def _main(args, overrides):
     except Preempted as e:
         print(e.message, file=sys.stderr)
         raise
-    except (ConfigError, DataError, SetupError, CheckpointError, CheckpointSaveError, NonFiniteError,
-            WorkdirError) as e:
+    except GptjaxError as e:
         sys.exit(f"error: {e}")
     except OSError as e:  # a path, a permission, a full disk: one line, not a traceback
         sys.exit(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from ml_collections import ConfigDict, config_dict
 
+from gptjax.errors import ConfigError
+
 # Inside the package, so a checkout, an editable install and a wheel all find them the same way.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -106,9 +108,6 @@ def base_config() -> ConfigDict:
     c.checkpoint.resume = True  # the same command on the same workdir continues the run
     return c
 
-
-class ConfigError(ValueError):
-    pass
 
 
 def load_config(name: str) -> ConfigDict:

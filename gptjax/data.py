@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from gptjax.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label of positions the loss and metrics skip
@@ -46,9 +48,6 @@ TEXT_COLUMNS = ("text", "sentence")  # auto-detected text column names, in this 
 TAG_COLUMNS = ("tags", "ner_tags")  # auto-detected tag column names, in this order
 UNKNOWN_LABEL_POLICIES = ("error", "map_to_o")
 
-
-class DataError(ValueError):
-    """Bad input data; the message names the file (or dataset split) and the line (or row)."""
 
 
 # ----------------------------------------------------------------------------- examples

@@ -18,8 +18,9 @@ from urllib.parse import urlparse
 
 from gptjax import artifact, data, lm_data, peft, synthetic, tasks
 from gptjax.checkpoint import check_compatible
-from gptjax.config import ConfigError, check_generation
-from gptjax.hf import CheckpointError, from_pretrained, resolve_checkpoint
+from gptjax.config import check_generation
+from gptjax.errors import CheckpointError, ConfigError, SetupError
+from gptjax.hf import from_pretrained, resolve_checkpoint
 from gptjax.model import GPT2, GPT2Config, init_model
 
 log = logging.getLogger("gptjax")
@@ -30,9 +31,6 @@ OFFLINE_HINT = (
     "download."
 )
 
-
-class SetupError(RuntimeError):
-    """The run cannot start: a source cannot be reached or read. The message says what to do."""
 
 
 def is_hub_id(name: str | None) -> bool:

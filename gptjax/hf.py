@@ -21,6 +21,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from gptjax.errors import CheckpointError
 from gptjax.model import GPT2, GPT2Config, make_head
 from gptjax.peft import merge_lora
 
@@ -43,9 +44,6 @@ _LEAF_TO_HF = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bi
 # mask buffers of old checkpoints, and the LM head, which is tied to wte.
 _IGNORED = re.compile(r"^(h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight)$")
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as asked; the message names the file and the problem."""
 
 
 def _hf_names(path: tuple[str, ...], n_layer: int) -> list[str]:

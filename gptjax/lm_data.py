@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gptjax.data import IGNORE_INDEX, JSONL_EXTS, DataError, EncodedSplit, _json_objects, _read_lines, _warn_truncated
+from gptjax.data import IGNORE_INDEX, JSONL_EXTS, EncodedSplit, _json_objects, _read_lines, _warn_truncated
+from gptjax.errors import DataError
 
 TEXT_EXTS = (".txt",)
 EXTENSIONS = TEXT_EXTS + JSONL_EXTS

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gptjax.config import ConfigError
 from gptjax.dropout import dropout
+from gptjax.errors import ConfigError
 from gptjax.sharding import constrain
 
 HEADS = ("token_classification", "sequence_classification", "causal_lm")

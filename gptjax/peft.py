@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gptjax.config import ConfigError
 from gptjax.dropout import dropout
+from gptjax.errors import ConfigError
 from gptjax.model import GPT2
 
 FREEZE = ("none", "head_only", "top_k")

@@ -44,7 +44,7 @@ import numpy as np
 from seqeval.scheme import IOB2, Entities
 
 from gptjax import data, evaluation, sharding, workdir as wd
-from gptjax.config import ConfigError
+from gptjax.errors import ConfigError
 
 log = logging.getLogger("gptjax")
 

@@ -20,15 +20,13 @@ import jax
 import numpy as np
 from etils import epath
 
+from gptjax.errors import NonFiniteError
 from gptjax.workdir import append_lines, is_local
 
 log = logging.getLogger("gptjax")
 
 METRICS_FILE = "metrics.jsonl"
 
-
-class NonFiniteError(RuntimeError):
-    """The loss or the gradients stopped being finite; nothing from that step on is saved."""
 
 
 def read_metrics(path) -> list[dict]:

@@ -18,8 +18,8 @@ import optax
 from flax import nnx
 
 from gptjax import peft, sharding
-from gptjax.config import ConfigError
 from gptjax.data import IGNORE_INDEX
+from gptjax.errors import ConfigError
 
 
 class TrainState(NamedTuple):

@@ -15,8 +15,9 @@ from operator import attrgetter
 from typing import Any
 
 from gptjax import data, evaluation, lm_data, predict, synthetic
-from gptjax.config import ConfigError, base_config
+from gptjax.config import base_config
 from gptjax.data import EncodedSplit, LabelVocab
+from gptjax.errors import ConfigError
 from gptjax.hf import ARCHITECTURES, HEAD_MODULE
 
 DataConfig = Any  # config.data (an ml_collections ConfigDict)

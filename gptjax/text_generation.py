@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from gptjax.config import ConfigError, check_generation
+from gptjax.config import check_generation
+from gptjax.errors import ConfigError
 
 log = logging.getLogger("gptjax")
 CHUNK_BATCHES = 4  # prompts are read and decoded this many batches at a time

@@ -12,8 +12,9 @@ import jax
 
 from gptjax import artifact, evaluation, peft, sharding, tasks, workdir as wd
 from gptjax.checkpoint import Checkpoints, Preempted, PreemptionGuard, abstract_like, check_compatible, config_json
-from gptjax.config import ConfigError, check_platform, validate
+from gptjax.config import check_platform, validate
 from gptjax.data import EncodedSplit, epoch_batches, num_batches, pad_token_id
+from gptjax.errors import ConfigError
 from gptjax.experiment import prepare
 from gptjax.reporting import Reporter
 from gptjax.steps import build_steps

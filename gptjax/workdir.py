@@ -23,13 +23,11 @@ from contextlib import contextmanager
 
 from etils import epath
 
-from gptjax.config import ConfigError
+from gptjax.errors import ConfigError, WorkdirError
+
 
 LOCK_FILE = ".lock"
 
-
-class WorkdirError(RuntimeError):
-    """A workdir, an input or an output path cannot be used as asked; the message says why."""
 
 
 def path(value, flag: str = "--workdir") -> epath.Path:

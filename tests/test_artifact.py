@@ -94,7 +94,7 @@ def test_resume_refuses_changed_data_and_tokenizer(small_ner, tmp_path):
     with open(data / "train.conll", "a") as f:
         f.write("\nOne O\nmore O\nsentence O\n")
     config = tiny_config("token", data, **{"train.num_epochs": 2})
-    from gptjax.config import ConfigError
+    from gptjax.errors import ConfigError
 
     with pytest.raises(ConfigError, match="the train split has 193 examples, 192 when the run started"):
         train_and_evaluate(config, str(tmp_path / "run"))
@@ -105,7 +105,7 @@ def test_resume_refuses_changed_data_and_tokenizer(small_ner, tmp_path):
 
 def test_resume_refuses_a_changed_tokenizer(small_ner, tmp_path):
     from gptjax import synthetic
-    from gptjax.config import ConfigError
+    from gptjax.errors import ConfigError
 
     texts = synthetic.corpus_texts(synthetic.make_ner_corpus(seed=3, sizes=(192, 1, 1))["train"])
     synthetic.train_tokenizer(texts, vocab_size=400).save_pretrained(tmp_path / "tok")
@@ -177,7 +177,7 @@ def test_overwrites_are_refused(trained_run, tmp_path):
 def test_a_failed_checkpoint_save_stops_the_run_and_resume_works(small_ner, tmp_path, monkeypatch, caplog):
     import orbax.checkpoint as ocp
 
-    from gptjax.checkpoint import CheckpointSaveError
+    from gptjax.errors import CheckpointSaveError
 
     real_save = ocp.CheckpointManager.save
     calls = []
@@ -237,7 +237,7 @@ CONLL_OK = "Hughes B-PER\njoined O\nDrasu B-ORG\nTelecom I-ORG\n\n"
 def test_token_labels_outside_iob2_are_refused_before_training(tmp_path, tags, overrides, message):
     source = write_splits(tmp_path / "data", ".conll", tags * 20)
     config = tiny_config("token", source, **overrides)
-    from gptjax.data import DataError
+    from gptjax.errors import DataError
 
     with pytest.raises(DataError, match=message):
         train_and_evaluate(config, str(tmp_path / "run"))
@@ -255,7 +255,7 @@ def test_integer_tags_with_label_names_and_iob1_with_conversion_train(tmp_path):
 
 def test_csv_row_with_an_extra_field_is_refused(tmp_path):
     source = write_splits(tmp_path / "data", ".csv", "text,label\ngood film,pos\nbad, really bad,neg\n")
-    from gptjax.data import DataError
+    from gptjax.errors import DataError
 
     with pytest.raises(DataError, match=r"train.csv, line 3: 3 fields but the header has 2"):
         train_and_evaluate(tiny_config("sequence", source), str(tmp_path / "run"))

@@ -18,8 +18,8 @@ from conftest import tiny_config
 from gptjax import train
 from gptjax.reporting import read_metrics
 from gptjax.checkpoint import PREEMPTED_EXIT_CODE, check_compatible, config_json
-from gptjax.config import ConfigError
-from gptjax.reporting import NonFiniteError
+from gptjax.errors import ConfigError
+from gptjax.errors import NonFiniteError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from gptjax import data, tasks
-from gptjax.data import DataError, LabelVocab, SequenceExample, TokenExample
+from gptjax.data import LabelVocab, SequenceExample, TokenExample
+from gptjax.errors import DataError
 from gptjax.synthetic import train_tokenizer
 
 # Enough text for a BPE with merges, too little for long or rare words to be one token.

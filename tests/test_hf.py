@@ -21,7 +21,8 @@ from safetensors.numpy import load_file, save_file
 
 import gptjax
 import torch_reference
-from gptjax.hf import CheckpointError, to_hf_state_dict
+from gptjax.hf import to_hf_state_dict
+from gptjax.errors import CheckpointError
 from torch_reference import HF_CLASSES, padded_batch, save_reference, torch_logits
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]

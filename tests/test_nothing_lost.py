@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import run
-from gptjax.config import ConfigError, apply_overrides, load_config, validate
+from gptjax.config import apply_overrides, load_config, validate
+from gptjax.errors import ConfigError
 from gptjax.train import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,7 +221,7 @@ def test_a_checkpoint_with_other_bytes_fails_its_checksums(tmp_path):
     import jax.numpy as jnp
 
     from gptjax.checkpoint import Checkpoints, abstract_like
-    from gptjax.hf import CheckpointError
+    from gptjax.errors import CheckpointError
 
     params = {"w": jnp.arange(12.0).reshape(3, 4), "b": jnp.ones(4)}
     for name, tree in (("a", params), ("b", {**params, "w": params["w"].at[1, 2].set(-1.0)})):
@@ -352,7 +353,7 @@ def test_a_full_disk_stops_the_run_naming_the_checkpoint(small_ner, tmp_path, mo
     import collections
 
     from gptjax import checkpoint
-    from gptjax.checkpoint import CheckpointSaveError
+    from gptjax.errors import CheckpointSaveError
 
     config = validate(apply_overrides(load_config("demo"), {**TINY, "data.source": str(small_ner),
                                                             "checkpoint.every_steps": "4"}))

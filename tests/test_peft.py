@@ -14,7 +14,8 @@ from safetensors.numpy import load_file
 from conftest import tiny_config
 from gptjax import peft, sharding, train
 from gptjax.checkpoint import PreemptionGuard, Preempted
-from gptjax.config import ConfigError, apply_overrides, base_config
+from gptjax.config import apply_overrides, base_config
+from gptjax.errors import ConfigError
 from gptjax.hf import save_pretrained
 from gptjax.model import GPT2Config, init_model
 from gptjax.steps import init_train_state, make_optimizer, make_train_step

@@ -12,7 +12,8 @@ import run
 from conftest import evaluation_predictions, tiny_config
 from gptjax import synthetic
 from gptjax.reporting import read_metrics
-from gptjax.config import ConfigError, apply_overrides, load_config
+from gptjax.config import apply_overrides, load_config
+from gptjax.errors import ConfigError
 from gptjax.train import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ import pytest
 
 from gptjax.reporting import read_metrics
 
-from gptjax.config import ConfigError
+from gptjax.errors import ConfigError
 from gptjax.sharding import mesh_shape
 
 ROOT = Path(__file__).resolve().parent.parent

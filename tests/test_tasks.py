@@ -13,8 +13,10 @@ from flax import nnx
 
 from conftest import tiny_config
 from gptjax import artifact, data, lm_data, model as model_lib, peft, sharding, synthetic, tasks, train
-from gptjax.config import ConfigError, base_config
-from gptjax.data import IGNORE_INDEX, DataError
+from gptjax.config import base_config
+from gptjax.errors import ConfigError
+from gptjax.data import IGNORE_INDEX
+from gptjax.errors import DataError
 from gptjax.lm_data import CompletionExample, TextExample
 
 DOCUMENTS = ["the cat sat on the mat .", "a dog ran .", "the day after monday is tuesday .",
