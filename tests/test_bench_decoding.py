@@ -9,7 +9,7 @@ from test_generate import TINY
 
 import run
 from gptjax.bench import decoding
-from gptjax.bench.records import format_table
+from gptjax.bench.records import DECODING_FIELDS, format_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))  # as benchmarks/generate.py runs
 
@@ -25,6 +25,7 @@ def test_benchmark_records():
         assert r["tokens_per_sec"] > 0 and r["decode_tokens_per_sec"] > 0 and r["time_to_first_token_ms"] > 0
         assert r["seq_len"] == 12 and r["benchmark"] == "generate"
     assert records[0]["recompiles"] == 0 and records[2]["recompiles"] == 0
+    assert set(DECODING_FIELDS) <= set(records[0])
     assert 0 < records[0]["memory_bandwidth_fraction"] and "memory_bandwidth_fraction" not in records[2]
     assert records[0]["interleaved_with"] == ["pytorch-eager"] and records[1]["interleaved_with"] == ["gptjax"]
     assert "gptjax" in format_table(records)  # what `compare` prints
