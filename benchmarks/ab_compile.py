@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax  # noqa: E402
 
-from gptjax import benchmark  # noqa: E402
+from gptjax.bench.train_step import GptjaxSteps  # noqa: E402
 from gptjax.cli import config_overrides  # noqa: E402
 from gptjax.config import apply_overrides, load_config  # noqa: E402
 
@@ -41,7 +41,7 @@ def compiler_options(text: str) -> dict:
 
 class Variant:
     def __init__(self, config, options: dict):
-        self.bench = benchmark.GptjaxSteps(config)
+        self.bench = GptjaxSteps(config)
         self.batches = self.bench.batches()
         s = self.bench.steps
         with jax.set_mesh(self.bench.mesh):

@@ -1,5 +1,5 @@
 """Does a train step leave a CPU slower, or does the machine drift by itself? The question behind
-pairing each step with the peak measured right after it (benchmark.peak_probe, README "MFU").
+pairing each step with the peak measured right after it (gptjax.bench.flops.peak_probe, README "MFU").
 
     python benchmarks/cpu_peak_drift.py --config=ner --config.train.batch_size=8 [--rounds=3]
 
@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax  # noqa: E402
 
-from gptjax import benchmark  # noqa: E402
+from gptjax.bench.flops import PROBE_SIZE, peak_probe  # noqa: E402
+from gptjax.bench.timing import warm_up  # noqa: E402
+from gptjax.bench.train_step import GptjaxSteps  # noqa: E402
 from gptjax.cli import config_overrides  # noqa: E402
 from gptjax.config import apply_overrides, load_config  # noqa: E402
 
@@ -45,10 +47,10 @@ def main():
     if args.rounds < 1 or args.windows < 0:
         parser.error("--rounds: at least 1; --windows: not negative")
     config = apply_overrides(load_config(args.config), config_overrides(rest, parser))
-    probe = benchmark.peak_probe()
-    bench = benchmark.GptjaxSteps(config)
+    probe = peak_probe()
+    bench = GptjaxSteps(config)
     batches = bench.batches()
-    benchmark.warm_up(bench.train, batches, jax.block_until_ready, 2)
+    warm_up(bench.train, batches, jax.block_until_ready, 2)
 
     def train_steps():
         for _ in range(4):
@@ -71,7 +73,7 @@ def main():
     for name, p in peaks.items():
         print(f"{name:20s} median {statistics.median(p):.0f} GFLOP/s, {min(p):.0f}-{max(p):.0f}")
 
-    n = benchmark.PROBE_SIZE
+    n = PROBE_SIZE
     for _ in range(args.windows):
         before, start, count = cpu_times(), time.perf_counter(), 0
         while time.perf_counter() - start < 2:

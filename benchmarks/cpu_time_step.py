@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax  # noqa: E402
 
-from gptjax import benchmark  # noqa: E402
+from gptjax.bench.timing import warm_up  # noqa: E402
+from gptjax.bench.train_step import GptjaxSteps  # noqa: E402
 from gptjax.cli import config_overrides  # noqa: E402
 from gptjax.config import apply_overrides, load_config  # noqa: E402
 
@@ -109,10 +110,10 @@ def main() -> None:
     if missing:
         parser.error(f"needs {' and '.join(missing)} on the PATH (perf: the linux-tools package; nm: binutils)")
     config = apply_overrides(load_config(args.config), config_overrides(rest, parser))
-    bench = benchmark.GptjaxSteps(config)
+    bench = GptjaxSteps(config)
     batches = bench.batches()
     jax.block_until_ready(bench.train(next(batches)))  # compiles
-    benchmark.warm_up(bench.train, batches, jax.block_until_ready, steps=2)
+    warm_up(bench.train, batches, jax.block_until_ready, steps=2)
     print(f"named {write_perf_map()} JIT-compiled kernels")
     with tempfile.TemporaryDirectory(prefix="gptjax-perf-") as scratch:
         data = str(Path(scratch) / "perf.data")

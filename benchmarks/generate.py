@@ -1,12 +1,12 @@
 """Decoding speed: gptjax's KV-cache decoding beside transformers' PyTorch generate, same shapes,
-random weights (gptjax/decoding_benchmark.py says what is timed and how).
+random weights (gptjax/bench/decoding.py says what is timed and how).
 
     python benchmarks/generate.py                        # gpt2, float32, prompt 128, 128 new, batch 1 and 16
     python benchmarks/generate.py --model=distilgpt2 --batch_sizes=1 --max_new_tokens=32 --no-torch
     python benchmarks/generate.py --results=benchmarks/results/cpu_generate.jsonl
 
 Prints one JSON record a line (framework x batch size) and a summary with the gptjax / PyTorch
-ratios; --results appends the records to a JSONL file that `python -m gptjax.benchmark compare`
+ratios; --results appends the records to a JSONL file that `python -m gptjax.bench compare`
 reads. Timings on a machine others are using are not comparable across runs: compare the two
 frameworks within one run (they take turns call by call).
 """
@@ -14,13 +14,17 @@ frameworks within one run (they take turns call by call).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gptjax import benchmark, decoding_benchmark  # noqa: E402
+from torch_decoding import TorchDecoding  # noqa: E402
+
+from gptjax.bench import decoding  # noqa: E402
+from gptjax.bench.records import finish  # noqa: E402
 from gptjax.model import GPT2Config  # noqa: E402
 
 
@@ -39,12 +43,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     config = GPT2Config.named(args.model, dtype=args.dtype)
-    records = decoding_benchmark.run(
+    others = () if args.no_torch else (functools.partial(TorchDecoding, threads=args.torch_threads),)
+    records = decoding.run(
         config, model_name=args.model, batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
         prompt_length=args.prompt_length, max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-        with_torch=not args.no_torch, torch_threads=args.torch_threads, mixed_requests=args.mixed_requests)
+        others=others, mixed_requests=args.mixed_requests)
     for record in records:
-        benchmark.finish(record, results=args.results)
+        finish(record, results=args.results)
         print(json.dumps(record, sort_keys=True))
     keys = ("tokens_per_sec", "decode_tokens_per_sec", "prefill_tokens_per_sec", "time_to_first_token_ms")
     print(f"\n{'framework':14s} {'batch':>5s} " + " ".join(f"{k:>24s}" for k in keys) + f" {'compile s':>9s} {'recompiles':>10s}")

@@ -34,7 +34,7 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={DUM
 
 import jax  # noqa: E402
 
-from gptjax import benchmark  # noqa: E402
+from gptjax.bench.train_step import GptjaxSteps, model_config_of  # noqa: E402
 from gptjax.cli import config_overrides  # noqa: E402
 from gptjax.config import apply_overrides, load_config  # noqa: E402
 
@@ -77,7 +77,7 @@ def hlo_index(text: str) -> dict:
 
 
 def profile_gptjax(config, steps: int) -> tuple[dict, float]:
-    bench = benchmark.GptjaxSteps(config)
+    bench = GptjaxSteps(config)
     batches = bench.batches()
     for _ in range(3):
         jax.block_until_ready(bench.train(next(batches)))
@@ -124,7 +124,7 @@ def profile_torch(config, steps: int) -> tuple[dict, float]:
     import torch
     from torch_baseline import TorchSteps
 
-    run = TorchSteps(config, benchmark.model_config_of(config), compile_model=False)
+    run = TorchSteps(config, model_config_of(config), compile_model=False)
     batches = run.batches()
     for _ in range(3):
         run.train(next(batches))

@@ -5,12 +5,12 @@ gradient clipping) timed on the shapes of a gptjax config, written as gptjax ben
         --results=benchmarks/results/cpu.jsonl [--compile] [--with-gptjax]
 
 --compile adds a torch.compile'd model beside eager. --with-gptjax also builds gptjax's train step
-from the same config (gptjax.benchmark.GptjaxSteps, as `run.py --mode=benchmark` does) and runs
+from the same config (gptjax.bench.train_step.GptjaxSteps, as `run.py --mode=benchmark` does) and runs
 all of them in one process, taking turns step by step, so that a noisy machine slows each alike;
 it prints the median step times and their ratios. Records go to --results (one JSON line each),
-for `python -m gptjax.benchmark compare`. The MFU of every record is against the same peak: the
+for `python -m gptjax.bench compare`. The MFU of every record is against the same peak: the
 data sheet's on an accelerator; on a CPU jax matmuls timed after each round of steps, each step's
-MFU against the peak measured right after it (gptjax.benchmark.peak_probe).
+MFU against the peak measured right after it (gptjax.bench.flops.peak_probe).
 """
 
 from __future__ import annotations
@@ -29,7 +29,11 @@ import jax  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from gptjax import benchmark, malloc, tasks  # noqa: E402
+from gptjax import malloc, tasks  # noqa: E402
+from gptjax.bench import records as bench_records  # noqa: E402
+from gptjax.bench import timing as bench_timing  # noqa: E402
+from gptjax.bench import train_step  # noqa: E402
+from gptjax.bench.flops import peak_flops, train_flops  # noqa: E402
 from gptjax.cli import config_overrides  # noqa: E402
 from gptjax.config import apply_overrides, load_config  # noqa: E402
 
@@ -39,7 +43,7 @@ class TorchSteps:
 
     def __init__(self, config, model_config, *, compile_model: bool):
         cfg = config.train
-        s = benchmark.shapes(config)
+        s = train_step.shapes(config)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.shapes, self.model_config = s, model_config
         labels = {"num_labels": s["num_labels"]} if s["num_labels"] else {}  # a causal LM has no classes
@@ -73,7 +77,7 @@ class TorchSteps:
 
     def batches(self):
         s = self.shapes
-        host = benchmark.synthetic_batches(s["per_token"], s["batch_size"], s["seq_len"], self.model_config.vocab_size,
+        host = train_step.synthetic_batches(s["per_token"], s["batch_size"], s["seq_len"], self.model_config.vocab_size,
                                            s["num_labels"])
         for batch in host:
             yield {k: torch.from_numpy(v).long().to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -88,7 +92,7 @@ def environment(device: torch.device) -> dict:
 
     return {
         "device_kind": kind, "num_devices": 1, "platform": platform, "mesh": {},
-        "host_cpu": benchmark.host_cpu(),
+        "host_cpu": bench_records.host_cpu(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": py_platform.python_version(), "torch_threads": torch.get_num_threads()},
         "xla_flags": "", "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
@@ -109,20 +113,20 @@ def torch_matmul_flops(n: int = 2048, repeats: int = 5) -> float:
 
 def torch_record(steps: TorchSteps, framework, config, config_name, timing, peak, peak_source) -> dict:
     s, mc = steps.shapes, steps.model_config
-    record = benchmark.base_record(framework, config, config_name, mc, steps.num_params)
+    record = train_step.base_record(framework, config, config_name, mc, steps.num_params)
     record.update(environment(steps.device))
     record["attention"] = f"transformers:{steps.attention}"
     record.update(peak_flops_per_device=peak, peak_source=peak_source)
-    record.update(benchmark.summarize(timing, batch=s["batch_size"], length=s["seq_len"], peak=peak, num_devices=1,
-                                      flops=benchmark.train_flops(mc, s["head"], s["num_labels"], s["batch_size"],
-                                                                  s["seq_len"])))
+    record.update(bench_timing.summarize(timing, batch=s["batch_size"], length=s["seq_len"], peak=peak, num_devices=1,
+                                         flops=train_flops(mc, s["head"], s["num_labels"], s["batch_size"],
+                                                           s["seq_len"])))
     # Compilations are XLA's; torch.compile's recompilations show in its own logs.
     record["compilations_after_warmup"] = None
     if steps.device.type == "cuda":
         memory, source = torch.cuda.max_memory_allocated(steps.device), "torch.cuda.max_memory_allocated"
     else:
         memory, source = None, "PyTorch keeps no CPU allocator statistics (see host_max_rss_bytes)"
-    record.update(peak_memory_bytes=memory, memory_source=source, host_max_rss_bytes=benchmark.host_max_rss_bytes())
+    record.update(peak_memory_bytes=memory, memory_source=source, host_max_rss_bytes=bench_timing.peak_rss())
     return record
 
 
@@ -140,12 +144,12 @@ def main():
         parser.error("--steps: at least 1 timed step (the figures are their medians); --warmup: not negative")
     overrides = config_overrides(rest, parser)
     config = apply_overrides(load_config(args.config), overrides)
-    model_config = benchmark.model_config_of(config)
+    model_config = train_step.model_config_of(config)
 
-    gptjax = benchmark.GptjaxSteps(config) if args.with_gptjax else None
+    gptjax = train_step.GptjaxSteps(config) if args.with_gptjax else None
     device_kind = torch.cuda.get_device_name() if torch.cuda.is_available() else jax.devices()[0].device_kind
     platform = "gpu" if torch.cuda.is_available() else jax.devices()[0].platform
-    peak, peak_source, probe = benchmark.peak_flops(device_kind, platform, model_config.dtype)
+    peak, peak_source, probe = peak_flops(device_kind, platform, model_config.dtype)
 
     runners, steps = {}, {}
     if gptjax is not None:
@@ -155,12 +159,12 @@ def main():
             continue
         steps[framework] = TorchSteps(config, model_config, compile_model=compile_model)
         runners[framework] = (steps[framework].train, steps[framework].batches(), steps[framework].sync)
-    timings = benchmark.time_steps(runners, warmup=args.warmup, steps=args.steps, probe=probe)
+    timings = bench_timing.time_steps(runners, warmup=args.warmup, steps=args.steps, probe=probe)
 
     records = []
     if gptjax is not None:
-        env = benchmark.environment(gptjax.mesh)
-        records.append(benchmark.gptjax_record(gptjax, config, args.config, timings["gptjax"], None, env, peak,
+        env = bench_records.environment(gptjax.mesh)
+        records.append(train_step.gptjax_record(gptjax, config, args.config, timings["gptjax"], None, env, peak,
                                                peak_source))
     for framework, s in steps.items():
         record = torch_record(s, framework, config, args.config, timings[framework], peak, peak_source)
@@ -169,11 +173,11 @@ def main():
         records.append(record)
     for record in records:
         record["interleaved_with"] = sorted(set(runners) - {record["framework"]})
-        benchmark.finish(record, results=args.results)
-    print(benchmark.format_table(records))
+        bench_records.finish(record, results=args.results)
+    print(bench_records.format_table(records))
     medians = {name: statistics.median(t["times"]) for name, t in timings.items()}
     for name, median in medians.items():
-        spread = benchmark.spread(timings[name]["times"])
+        spread = bench_timing.spread(timings[name]["times"])
         print(f"{name:16s} median step {median * 1e3:8.0f} ms  (min {spread['min']:.0f}, max {spread['max']:.0f})")
     if "gptjax" in medians:
         for name in steps:

@@ -173,9 +173,10 @@ def _main(args, overrides):
         if args.mode == "train":
             train_and_evaluate(config, args.workdir)
         elif args.mode == "benchmark":
-            from gptjax import benchmark
-
-            run = benchmark.run_generate if args.benchmark == "generate" else benchmark.run
+            if args.benchmark == "generate":
+                from gptjax.bench.decoding import run_generate as run
+            else:
+                from gptjax.bench.train_step import run
             run(config, args.workdir, config_name=args.config, results=args.results, steps=args.benchmark_steps,
                 warmup=args.benchmark_warmup)
         elif args.mode == "eval":

@@ -297,23 +297,8 @@ def test_one_call_api(text_model, tokenizer):
         model, [tokenizer(p)["input_ids"] for p in ["the cat", "a dog"]], max_new_tokens=5, eos_token_id=None)]
 
 
-def test_benchmark_records():
-    from gptjax import benchmark, decoding_benchmark
-
-    records = decoding_benchmark.run(TINY, model_name="tiny", batch_sizes=(1, 2), prompt_length=8, max_new_tokens=4,
-                                     repeats=1, mixed_requests=2, bandwidth_bytes=2**20)
-    assert [(r["framework"], r["batch_size"]) for r in records] == [
-        ("gptjax", 1), ("pytorch-eager", 1), ("gptjax", 2), ("pytorch-eager", 2)]
-    for r in records:
-        assert r["tokens_per_sec"] > 0 and r["decode_tokens_per_sec"] > 0 and r["time_to_first_token_ms"] > 0
-        assert r["seq_len"] == 12 and r["benchmark"] == "generate"
-    assert records[0]["recompiles"] == 0 and records[2]["recompiles"] == 0
-    assert 0 < records[0]["memory_bandwidth_fraction"] and "memory_bandwidth_fraction" not in records[2]
-    assert "gptjax" in benchmark.format_table(records)  # what `compare` prints
-
-
 # ---------------------------------------------------------------------------------------------
-# --mode=generate and --mode=benchmark --benchmark=generate
+# --mode=generate
 
 
 def _lm_checkpoint(directory):
@@ -359,18 +344,3 @@ def test_generate_mode_refuses_a_classifier(tmp_path):
     tokenizer.save_pretrained(str(tmp_path / "tagger"))
     with pytest.raises(SystemExit, match="--mode=generate needs a causal-LM model"):
         run.main(["--mode=generate", f"--model_dir={tmp_path / 'tagger'}"])
-
-
-def test_benchmark_mode_times_decoding(tmp_path):
-    import json
-
-    import run
-
-    run.main(["--config=demo", f"--workdir={tmp_path}", "--mode=benchmark", "--benchmark=generate",
-              "--config.generate.batch_size=2", "--config.generate.prompt_length=8", "--config.generate.max_new_tokens=4",
-              "--benchmark_steps=1", f"--results={tmp_path / 'records.jsonl'}"])
-    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
-    assert [r["framework"] for r in records] == ["gptjax", "pytorch-eager"]
-    assert all(r["tokens_per_sec"] > 0 and r["batch_size"] == 2 for r in records)
-    assert records[0]["recompiles"] == 0
-    assert json.loads((tmp_path / "benchmark.json").read_text())["framework"] == "gptjax"

@@ -42,7 +42,7 @@ def test_restart_once_with_the_tunables_and_the_same_arguments():
 
 def test_the_command_line_runs_tuned(tmp_path):
     """python run.py, as a user types it: the benchmark record says who set the allocator."""
-    from test_benchmark import TINY
+    from test_bench_train_step import TINY
 
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", malloc.SET_BY)}
     argv = [sys.executable, os.path.join(ROOT, "run.py"), "--config=demo", f"--workdir={tmp_path}",

@@ -2,7 +2,8 @@
 
 import pytest
 
-from gptjax.memory_plan import main, plan, xla_memory
+from gptjax.bench.__main__ import main
+from gptjax.bench.plan import plan, xla_memory
 from gptjax.model import GPT2Config
 
 SMALL = GPT2Config(n_layer=4, n_embd=256, n_head=4, vocab_size=2000, n_positions=128)
@@ -32,6 +33,7 @@ def test_sharding_divides_the_state():
 
 
 def test_command_prints_the_plan(capsys):
-    main(["--size", "gpt2-xl", "--batch", "16", "--length", "512", "--mesh", "data=1,fsdp=8,tensor=1", "--remat"])
+    main(["memory", "--size", "gpt2-xl", "--batch", "16", "--length", "512", "--mesh", "data=1,fsdp=8,tensor=1",
+          "--remat"])
     out = capsys.readouterr().out
     assert "gpt2-xl" in out and "optimizer" in out and "total" in out

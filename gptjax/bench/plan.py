@@ -1,6 +1,6 @@
 """How many bytes a fine-tuning run needs on each device, before running it.
 
-    python -m gptjax.memory_plan --size gpt2-xl --batch 16 --length 512 --mesh data=1,fsdp=8,tensor=1 \
+    python -m gptjax.bench memory --size gpt2-xl --batch 16 --length 512 --mesh data=1,fsdp=8,tensor=1 \
         --dtype bfloat16 [--remat] [--check]
 
 Parameters, gradients, AdamW's two moments and its update are float32 and split as sharding.RULES splits
@@ -14,7 +14,6 @@ real train step on this machine's CPU and prints XLA's own memory analysis besid
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import jax
@@ -104,8 +103,7 @@ def parse_mesh(text: str) -> dict[str, int]:
     return sizes
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--size", default="gpt2")
     parser.add_argument("--head", default="token_classification")
     parser.add_argument("--num_labels", type=int, default=9)
@@ -115,7 +113,10 @@ def main(argv=None):
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--remat", action="store_true")
     parser.add_argument("--check", action="store_true", help="also compile the step here and print XLA's analysis")
-    args = parser.parse_args(argv)
+
+
+def memory(args) -> None:
+    """`python -m gptjax.bench memory`: prints the plan (and, with --check, XLA's analysis)."""
     mesh_sizes = parse_mesh(args.mesh)
     config = GPT2Config.named(args.size, dtype=args.dtype, remat=args.remat)
     num_labels = None if args.head == "causal_lm" else args.num_labels
@@ -135,6 +136,3 @@ def main(argv=None):
               f"(plan: gradients + update + activations "
               f"{(bytes_['gradients'] + bytes_['update'] + bytes_['activations']) / GiB:.2f})")
 
-
-if __name__ == "__main__":
-    main()

@@ -1,21 +1,21 @@
-"""Decoding throughput: gptjax's Generator beside transformers' PyTorch generate, on the same shapes
-and random weights of one size (weights do not change the speed; nothing is downloaded).
+"""Decoding throughput: gptjax's Generator on random weights of one size (weights do not change the
+speed; nothing is downloaded), beside other frameworks' runners on the same shapes
+(benchmarks/torch_decoding.py: transformers' PyTorch generate).
 
     python benchmarks/generate.py --model=gpt2 --batch_sizes=1,16 --prompt_length=128 --max_new_tokens=128
+    python run.py --config=lm_demo --workdir=/tmp/bench --mode=benchmark --benchmark=generate
 
-Both decode greedily, with EOS off (PyTorch: min_new_tokens), so every call makes exactly
+Every runner decodes greedily, with EOS off (PyTorch: min_new_tokens), so every call makes exactly
 max_new_tokens tokens a row. A call is timed whole, as a user sees it: prefill, decode loop and
 the tokens back on the host. The same call with one new token times the prefill (time to first
 token); the difference is the decode loop. gptjax compiles one program for the benchmark's bucket,
 which serves both calls. The frameworks take turns call by call, so that a busy machine slows each
-alike. run() returns one record (a dict) a framework and batch size, in the form
-gptjax.benchmark's records take, so `python -m gptjax.benchmark compare` lists them.
+alike. run() returns one record (a dict) a framework and batch size (records.DECODING_FIELDS), in
+the form of the step benchmark's records, so `python -m gptjax.bench compare` lists them.
 """
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 
@@ -23,30 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax import benchmark
+from gptjax.bench.records import environment, finish, format_table
+from gptjax.bench.timing import CompileCounter, peak_rss, spread
+from gptjax.bench.train_step import model_config_of
+from gptjax.config import check_generation
 from gptjax.decoding import Buckets, Generator, compilations
 from gptjax.model import count_params, init_model
-
-RECORD_FIELDS = {
-    "benchmark": "generate",
-    "batch_size": "prompts a call",
-    "prompt_length": "tokens a prompt (all real)",
-    "max_new_tokens": "tokens generated a row (EOS off)",
-    "seq_len": "prompt_length + max_new_tokens",
-    "tokens_per_sec": "batch_size * max_new_tokens / whole-call time, prefill included (median call)",
-    "decode_tokens_per_sec": "batch_size * (max_new_tokens - 1) / (whole call - first-token call)",
-    "prefill_tokens_per_sec": "batch_size * prompt_length / first-token call",
-    "time_to_first_token_ms": "median time of a call with max_new_tokens=1",
-    "decode_step_ms": "(whole call - first-token call) / (max_new_tokens - 1)",
-    "step_time_ms": "median whole-call time (the column compare shows)",
-    "call_time_ms_spread": "min, 25th percentile, 75th percentile and max of the whole calls",
-    "compile_time_s": "gptjax: tracing + compiling its program; PyTorch: its first call's wall time",
-    "recompiles": "gptjax programs built after the first call, over the timed calls and mixed_requests more "
-                  "calls of random sizes inside the bucket (0: no recompiles)",
-    "weight_bytes": "parameter bytes a decode step reads (all but the position table)",
-    "copy_bandwidth_bytes_per_sec": "memory bandwidth of a large in-place jax update, read + write, this run",
-    "memory_bandwidth_fraction": "gptjax at batch 1: weight_bytes / decode_step_ms over copy_bandwidth",
-}
 
 
 def random_prompts(batch: int, length: int, vocab_size: int, seed: int = 0) -> list[list[int]]:
@@ -95,49 +77,7 @@ class GptjaxDecoding:
             self.gen.generate_ids(prompts, max_new_tokens=int(rng.integers(1, min(new_tokens, 4) + 1)))
 
     def environment(self) -> dict:
-        return benchmark.environment(self.gen.mesh)
-
-
-class TorchDecoding:
-    """transformers' GPT2LMHeadModel.generate on the same shapes, greedy, EOS off."""
-
-    framework = "pytorch-eager"
-
-    def __init__(self, model_config, batch: int, prompt_length: int, new_tokens: int, *, seed: int = 0,
-                 threads: int | None = None):
-        import torch
-        import transformers
-
-        self.torch = torch
-        if threads:
-            # One thread keeps PyTorch sane on a machine others are using: its OpenMP team of
-            # several threads stalls whenever one of them is descheduled (5x slower, measured).
-            torch.set_num_threads(threads)
-        torch.manual_seed(seed)
-        hf = transformers.GPT2Config(**model_config.to_hf_dict())
-        self.model = transformers.GPT2LMHeadModel(hf).eval()
-        if model_config.dtype != "float32":
-            self.model = self.model.to(getattr(torch, model_config.dtype))
-        self.num_params = sum(p.numel() for p in self.model.parameters())
-        self.eos = hf.eos_token_id
-        self.ids = torch.tensor(random_prompts(batch, prompt_length, model_config.vocab_size, seed))
-        self.mask = torch.ones_like(self.ids)
-
-    def __call__(self, new_tokens: int):
-        with self.torch.inference_mode():
-            return self.model.generate(input_ids=self.ids, attention_mask=self.mask, max_new_tokens=new_tokens,
-                                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=self.eos)
-
-    def environment(self) -> dict:
-        import transformers
-
-        return {
-            "device_kind": "cpu", "num_devices": 1, "platform": "cpu", "mesh": {}, "host_cpu": benchmark.host_cpu(),
-            "versions": {"torch": self.torch.__version__, "transformers": transformers.__version__,
-                         "python": platform.python_version(), "torch_threads": self.torch.get_num_threads()},
-            "xla_flags": "", "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-            "load_average": round(os.getloadavg()[0], 2),
-        }
+        return environment(self.gen.mesh)
 
 
 def _timed(fn, *args) -> float:
@@ -149,7 +89,7 @@ def _timed(fn, *args) -> float:
 def time_decoding(runners: list, new_tokens: int, repeats: int) -> dict[str, dict]:
     """Per runner: the first call (compile), then `repeats` whole calls and first-token calls,
     the runners taking turns."""
-    counter = benchmark.CompileCounter.get()
+    counter = CompileCounter.get()
     out = {r.framework: {"full": [], "first_token": []} for r in runners}
     for r in runners:
         seconds, programs = counter.seconds, compilations()
@@ -180,7 +120,7 @@ def make_record(runner, timing: dict, *, model_name: str, dtype: str, batch: int
         "time_to_first_token_ms": round(first * 1e3, 2),
         "decode_step_ms": round(decode / (new_tokens - 1) * 1e3, 3) if new_tokens > 1 else None,
         "step_time_ms": round(full * 1e3, 2),
-        "call_time_ms_spread": benchmark.spread(timing["full"]),
+        "call_time_ms_spread": spread(timing["full"]),
         "calls_timed": len(timing["full"]),
         "compile_time_s": round(timing["compile_time_s"], 3),
         "recompiles": recompiles,
@@ -191,21 +131,23 @@ def make_record(runner, timing: dict, *, model_name: str, dtype: str, batch: int
         per_token = decode / (new_tokens - 1)
         record.update(weight_bytes=int(runner.weight_bytes), copy_bandwidth_bytes_per_sec=round(bandwidth),
                       memory_bandwidth_fraction=round(runner.weight_bytes / per_token / bandwidth, 3))
-    record["host_max_rss_bytes"] = benchmark.host_max_rss_bytes()
+    record["host_max_rss_bytes"] = peak_rss()
     return record
 
 
 def run(model_config, *, model_name: str = "gpt2", batch_sizes=(1, 16), prompt_length: int = 128,
-        max_new_tokens: int = 128, repeats: int = 3, with_torch: bool = True, torch_threads: int | None = None,
-        mesh=None, mixed_requests: int = 5, seed: int = 0, bandwidth_bytes: int = 256 * 2**20) -> list[dict]:
-    """Records of gptjax (and PyTorch, with_torch) decoding at each batch size; see the module docstring."""
+        max_new_tokens: int = 128, repeats: int = 3, others=(), mesh=None, mixed_requests: int = 5, seed: int = 0,
+        bandwidth_bytes: int = 256 * 2**20) -> list[dict]:
+    """Records of gptjax's decoding at each batch size, and of each of `others`: runner
+    factories (a class, or a functools.partial of one) called as GptjaxDecoding is
+    (model_config, batch, prompt_length, new_tokens, seed=...), each runner with a `framework`
+    name, `num_params`, `environment()`, and a call that decodes `new_tokens` tokens a row
+    (benchmarks/torch_decoding.py). See the module docstring."""
     bandwidth = copy_bandwidth(bandwidth_bytes)
     records = []
     for batch in batch_sizes:
         shapes = (model_config, batch, prompt_length, max_new_tokens)
-        runners = [GptjaxDecoding(*shapes, seed=seed, mesh=mesh)]
-        if with_torch:
-            runners.append(TorchDecoding(*shapes, seed=seed, threads=torch_threads))
+        runners = [GptjaxDecoding(*shapes, seed=seed, mesh=mesh), *(other(*shapes, seed=seed) for other in others)]
         timing = time_decoding(runners, max_new_tokens, repeats)
         runners[0].mixed(mixed_requests, max_new_tokens)
         recompiles = compilations() - timing["gptjax"]["programs_after_first_call"]
@@ -216,4 +158,24 @@ def run(model_config, *, model_name: str = "gpt2", batch_sizes=(1, 16), prompt_l
                 recompiles=recompiles if runner.framework == "gptjax" else None))
             records[-1]["interleaved_with"] = [r.framework for r in runners if r is not runner]
         del runners
+    return records
+
+
+def run_generate(config, workdir, *, config_name: str = "", results: str | None = None, steps: int = 3,
+                 warmup: int = 0) -> list[dict]:
+    """run.py --mode=benchmark --benchmark=generate: times gptjax's decoding at generate.batch_size,
+    generate.prompt_length and generate.max_new_tokens (random weights of the config's size);
+    records as train_step.run's. Beside PyTorch: benchmarks/generate.py."""
+    from gptjax import sharding
+
+    g = config.generate
+    check_generation(config, model_config_of(config).n_positions, g.prompt_length)
+    records = run(
+        model_config_of(config), model_name=config.model.name_or_path or "gpt2", batch_sizes=(g.batch_size,),
+        prompt_length=g.prompt_length, max_new_tokens=g.max_new_tokens, repeats=max(steps, 1),
+        mesh=sharding.make_mesh(config.mesh))
+    for record in records:
+        record["config"] = config_name
+        finish(record, workdir, results)
+    print(format_table(records))
     return records
