@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx import spmd
 
+from gptjax import attention
 from gptjax.dropout import dropout
 from gptjax.errors import ConfigError
 from gptjax.sharding import axes, constrain
@@ -155,6 +156,29 @@ def _normal(std: float):
     return nnx.initializers.normal(stddev=std)
 
 
+def _fold(key, salt):
+    """A projection's own dropout key, folded from the key its module draws with `salt`: the keys
+    the model already draws are untouched, so models without adapters drop out exactly as they did."""
+    return None if key is None else jax.random.fold_in(key, salt)
+
+
+class Projection(nnx.Linear):
+    """A block's linear layer, with the logical axes of its kernel (in, out) declared on it and
+    its bias (out).
+
+    Every projection is called `layer(x, dropout_key)`. Here the key is unused (and costs nothing
+    under jit); a layer that drops out its input overrides __call__ with the same signature
+    (gptjax.lora.LoRALinear's adapters), so the model calls every projection the same way."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_axes: tuple[str, str], **linear_kwargs):
+        super().__init__(in_features, out_features, kernel_metadata=axes(*kernel_axes),
+                         bias_metadata=axes(kernel_axes[1]), **linear_kwargs)
+
+    def __call__(self, x, dropout_key=None):
+        del dropout_key
+        return super().__call__(x)
+
+
 class Attention(nnx.Module):
     """Causal multi-head self-attention through jax.nn.dot_product_attention."""
 
@@ -180,9 +204,9 @@ class Attention(nnx.Module):
         q, k, v = self._qkv(x, _key(keys, 0))
         if keys is not None and cfg.attn_pdrop > 0:
             # dot_product_attention has no dropout on the probabilities; write it out instead.
-            y = _attention_with_dropout(q, k, v, mask, cfg.attn_pdrop, keys[0])
+            y = attention.with_dropout(q, k, v, mask, cfg.attn_pdrop, keys[0])
         else:
-            y = _fused_attention(q, k, v, mask, lengths, cfg.attention)
+            y = attention.fused(q, k, v, mask, lengths, cfg.attention)
         y = self.c_proj(y.reshape(b, t, cfg.n_embd), _fold(_key(keys, 1), 1))
         return dropout(y, cfg.resid_pdrop, _key(keys, 1))
 
@@ -201,64 +225,13 @@ class Attention(nnx.Module):
         q, k, v = (a.transpose(0, 2, 1, 3).reshape(b * cfg.n_head, s, cfg.head_dim) for a in self._qkv(x, None))
         k_cache, v_cache = (jax.lax.dynamic_update_slice(c, a.astype(c.dtype), (0, index, 0))
                             for c, a in zip(cache, (k, v)))
-        y = _cache_attention(q, k_cache, v_cache, mask).astype(x.dtype)  # [B * H, S, Dh]
+        y = attention.over_cache(q, k_cache, v_cache, mask).astype(x.dtype)  # [B * H, S, Dh]
         y = y.reshape(b, cfg.n_head, s, cfg.head_dim).transpose(0, 2, 1, 3).reshape(b, s, cfg.n_embd)
         return self.c_proj(y), (k_cache, v_cache)
 
 
-def _fused_attention(q, k, v, mask, lengths, implementation):
-    if implementation == "cudnn":
-        # cuDNN's flash attention takes causality and right padding as lengths, not as a mask.
-        try:
-            return jax.nn.dot_product_attention(
-                q, k, v, is_causal=True, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
-                implementation="cudnn",
-            )
-        except Exception:  # noqa: BLE001 - cuDNN refuses some shapes, dtypes and backends (CPU, TPU)
-            pass
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
-
-
-def _cache_attention(q, k, v, mask):  # q: [B * H, S, Dh], k, v: [B * H, T, Dh], mask: [B, 1, S, T]
-    n, s, t = q.shape[0], q.shape[1], k.shape[1]
-    scores = jnp.einsum("nsd,ntd->nst", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-    scores = scores.reshape(mask.shape[0], -1, s, t)  # [B, H, S, T]
-    probs = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(jnp.float32).min), axis=-1).reshape(n, s, t)
-    return jnp.einsum("nst,ntd->nsd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-
-
-def _attention_with_dropout(q, k, v, mask, rate, key):
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = dropout(jax.nn.softmax(scores, axis=-1), rate, key).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-
-
 def _key(keys, i):
     return None if keys is None else keys[i]
-
-
-def _fold(key, salt):
-    """A projection's own dropout key, folded from the key its module draws with `salt`: the keys
-    the model already draws are untouched, so models without adapters drop out exactly as they did."""
-    return None if key is None else jax.random.fold_in(key, salt)
-
-
-class Projection(nnx.Linear):
-    """A block's linear layer, with the logical axes of its kernel (in, out) declared on it and
-    its bias (out).
-
-    Every projection is called `layer(x, dropout_key)`. Here the key is unused (and costs nothing
-    under jit); a layer that drops out its input overrides __call__ with the same signature
-    (gptjax.lora.LoRALinear's adapters), so the model calls every projection the same way."""
-
-    def __init__(self, in_features: int, out_features: int, kernel_axes: tuple[str, str], **linear_kwargs):
-        super().__init__(in_features, out_features, kernel_metadata=axes(*kernel_axes),
-                         bias_metadata=axes(kernel_axes[1]), **linear_kwargs)
-
-    def __call__(self, x, dropout_key=None):
-        del dropout_key
-        return super().__call__(x)
 
 
 class MLP(nnx.Module):

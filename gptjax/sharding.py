@@ -101,7 +101,7 @@ def spec(names, shape, mesh_shape) -> P:
     `mesh_shape` (mesh axis -> size). An axis that does not divide evenly over its mesh axes
     stays whole (GPT-2's 50257-token vocabulary over a tensor axis of 2, say)."""
     if len(names) != len(shape):
-        raise ConfigError(f"logical axes {names} do not fit an array of shape {tuple(shape)}")
+        raise ValueError(f"logical axes {names} do not fit an array of shape {tuple(shape)}")
     mesh_axes = [RULES[name] for name in names]
     # Size-1 axes dropped and trailing Nones trimmed: the canonical form jit's outputs carry,
     # so that a state fed back in matches and the step does not compile again.
