@@ -30,14 +30,14 @@ def measure(args) -> dict:
     import jax
     import numpy as np
 
-    from gptjax import peft, sharding
+    from gptjax import partition, sharding
     from gptjax.config import apply_overrides, base_config
     from gptjax.model import init_model
     from gptjax.steps import build_steps
 
     overrides = {k: v.format(rank=args.rank, blocks=args.blocks) for k, v in MODES[args.one].items()}
     config = apply_overrides(base_config(), overrides)
-    model = peft.adapt(init_model(args.size, "token_classification", num_labels=9, seed=0), config)
+    model = partition.adapt(init_model(args.size, "token_classification", num_labels=9, seed=0), config)
     mesh = sharding.make_mesh()
     steps = build_steps(config, model, mesh, total_steps=1000)
     state, frozen = steps.state, steps.frozen
@@ -62,8 +62,8 @@ def measure(args) -> dict:
     nbytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))  # noqa: E731
     return {
         "mode": args.one,
-        "trainable_params": peft.count(state.params),
-        "total_params": peft.count(state.params) + peft.count(frozen),
+        "trainable_params": partition.count(state.params),
+        "total_params": partition.count(state.params) + partition.count(frozen),
         "param_bytes": nbytes(state.params) + nbytes(frozen),
         "opt_state_bytes": nbytes(state.opt_state),
         "xla_temp_bytes": memory.temp_size_in_bytes if memory else None,

@@ -15,7 +15,7 @@ _EXPORTS = {
     "gptjax.errors": ("CheckpointError", "ConfigError", "DataError", "GptjaxError"),
     "gptjax.hf": ("from_pretrained", "save_pretrained"),
     "gptjax.model": ("GPT2", "HEADS", "SIZES", "GPT2Config", "abstract_model", "count_params", "init_model"),
-    "gptjax.peft": ("add_lora", "merge_lora"),
+    "gptjax.lora": ("add_lora", "merge_lora"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -28,12 +28,13 @@ from safetensors import SafetensorError
 from flax import nnx
 from ml_collections import ConfigDict
 
-from gptjax import peft, sharding, steps as steps_lib, tasks, workdir as wd
+from gptjax import sharding, steps as steps_lib, tasks, workdir as wd
 from gptjax.checkpoint import Checkpoints, _lookup, check_compatible, config_json
 from gptjax.config import base_config, check_platform, validate
 from gptjax.errors import CheckpointError, ConfigError
 from gptjax.hf import CONFIG, from_pretrained, resolve_checkpoint, save_pretrained
 from gptjax.model import GPT2Config, init_model
+from gptjax.partition import FULL, adapt, check_base, checksum, config_partition
 
 log = logging.getLogger("gptjax")
 
@@ -117,7 +118,7 @@ def save_run(workdir: epath.Path, config, model, tokenizer, labels: list[str], f
         "config": config_json(config),
         "data": fingerprint,
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "base": peft.checksum(frozen),
+        "base": checksum(frozen),
     })
 
 
@@ -285,7 +286,7 @@ def _abstract(run: dict, config) -> tuple[Any, nnx.State]:
     task = tasks.get(run["task"])
     model_config = GPT2Config(**run["model_config"]).replace(dtype=config.model.dtype,
                                                              attention=config.model.attention)
-    model = nnx.eval_shape(lambda: peft.adapt(init_model(model_config, task.head, labels=run["labels"]), config))
+    model = nnx.eval_shape(lambda: adapt(init_model(model_config, task.head, labels=run["labels"]), config))
     return nnx.split(model)
 
 
@@ -299,7 +300,7 @@ def _load_workdir(workdir: epath.Path, which: str, overrides: dict) -> Trained:
     config = apply_use_time(config_from_json(run["config"]), overrides)
     mesh = sharding.make_mesh(config.mesh)
     graphdef, params = _abstract(run, config)
-    partition = peft.partition(config, nnx.merge(graphdef, params))
+    partition = config_partition(config, nnx.merge(graphdef, params))
     trainable, frozen = partition.split(_on_mesh(params, mesh))
     trainable, meta = _restore_trainable(workdir, which, trainable, config)
     _check_labels(workdir, run, meta)
@@ -309,7 +310,7 @@ def _load_workdir(workdir: epath.Path, which: str, overrides: dict) -> Trained:
         except Exception as e:  # noqa: BLE001 - any failure to read means the base is unusable
             raise CheckpointError(f"{workdir / BASE_DIR}: the frozen base model cannot be read "
                                   f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-        peft.check_base(run.get("base"), peft.checksum(frozen), workdir / BASE_DIR)
+        check_base(run.get("base"), checksum(frozen), workdir / BASE_DIR)
     task = tasks.get(run["task"])
     tokenizer = load_tokenizer(workdir / TOKENIZER_DIR, task.prefix_space)
     if run.get("tokenizer") not in (None, tokenizer_fingerprint(tokenizer)):
@@ -404,6 +405,6 @@ def load_export(model_dir, overrides: dict | None = None, *, head: str | None = 
     mesh = sharding.make_mesh(config.mesh)
     graphdef, params = steps_lib.place_params(model, mesh)
     _check_max_length(config, graphdef, params)
-    steps = steps_lib.inference_steps(graphdef, peft.FULL, mesh, params, None)
+    steps = steps_lib.inference_steps(graphdef, FULL, mesh, params, None)
     return Trained(config, task, labels, load_tokenizer(model_dir, task.prefix_space), steps, str(model_dir),
                    str(model_dir))

@@ -73,7 +73,7 @@ def base_config() -> ConfigDict:
     c.train.adam_eps = 1e-8
     c.train.patience = config_dict.placeholder(int)  # early stopping: epochs without gain; None = off
     c.train.log_every = 50
-    # Which parameters train (gptjax/peft.py): "none" (all of them), "head_only" (the task head), or
+    # Which parameters train (gptjax/partition.py): "none" (all of them), "head_only" (the task head), or
     # "top_k" (the top train.trainable_blocks blocks, the final LayerNorm and the head).
     c.train.freeze = "none"
     c.train.trainable_blocks = config_dict.placeholder(int)  # K, for freeze="top_k"
@@ -276,6 +276,20 @@ def validate(config: ConfigDict) -> ConfigDict:
     for key, choices in CHOICES:
         if _get(config, key) not in choices:
             raise ConfigError(f"{key}={_get(config, key)!r}: choose one of {', '.join(choices)}")
+    train, lora = config.train, config.lora
+    k = train.trainable_blocks
+    if train.freeze == "top_k" and k is None:
+        raise ConfigError(f"train.freeze='top_k' needs train.trainable_blocks=K >= 1 (the top K blocks train); got {k}")
+    if train.freeze != "top_k" and k is not None:
+        raise ConfigError(f"train.trainable_blocks={k} applies only with train.freeze='top_k' (it is {train.freeze!r})")
+    if lora.rank and train.freeze != "none":
+        raise ConfigError(
+            f"lora.rank={lora.rank} with train.freeze={train.freeze!r}: LoRA already freezes the whole base model "
+            "(only the adapters and the head train); leave train.freeze='none', or set lora.rank=0"
+        )
+    targets, known = tuple(lora.targets), base_config().lora.targets  # the default adapts every projection
+    if lora.rank and (not targets or any(t not in known for t in targets) or len(set(targets)) != len(targets)):
+        raise ConfigError(f"lora.targets={targets}: name each of {', '.join(known)} at most once, and at least one")
     stops = tuple(config.generate.stop)
     if any(not isinstance(stop, str) or not stop for stop in stops):
         raise ConfigError(f"generate.stop={stops!r}: stop strings must be non-empty text")

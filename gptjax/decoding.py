@@ -253,7 +253,7 @@ class Generator:
 
     def __init__(self, model: GPT2, tokenizer=None, *, mesh=None, batch_size: int = 16,
                  buckets: Buckets = Buckets()):
-        from gptjax.peft import merge_lora
+        from gptjax.lora import merge_lora
 
         self.tokenizer, self.batch_size, self.buckets = tokenizer, batch_size, buckets
         self.mesh = mesh if mesh is not None else sharding.make_mesh()

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 
-from gptjax import artifact, data, lm_data, peft, synthetic, tasks
+from gptjax import artifact, data, lm_data, partition, synthetic, tasks
 from gptjax.checkpoint import check_compatible
 from gptjax.config import check_generation
 from gptjax.errors import CheckpointError, ConfigError, SetupError
@@ -157,7 +157,7 @@ def build_model(config, vocab: data.LabelVocab, tokenizer, model_dir: Path | Non
         )
     else:
         raise ConfigError(f"model.init={cfg.init!r}: choose 'pretrained' or 'scratch'")
-    return peft.adapt(model, config)  # LoRA adapters, or the frozen bottom blocks marked
+    return partition.adapt(model, config)  # LoRA adapters, or the top_k split checked
 
 
 def checkpoint_dir(config) -> Path | None:
@@ -186,7 +186,6 @@ def prepare(config, workdir) -> Experiment:
     that differs from the run's is refused.
     """
     task = tasks.get(config.task)
-    peft.check_config(config)
     task.check_config(config)
     saved = artifact.existing_run(workdir, config)
     sources = [config.data.source, config.tokenizer.name_or_path]

@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 
 from gptjax.errors import CheckpointError
 from gptjax.model import GPT2, GPT2Config, make_head
-from gptjax.peft import merge_lora
+from gptjax.lora import merge_lora
 
 log = logging.getLogger("gptjax")
 

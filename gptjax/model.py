@@ -19,10 +19,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx import spmd
 
+from gptjax import attention
 from gptjax.dropout import dropout
 from gptjax.errors import ConfigError
-from gptjax.sharding import constrain
+from gptjax.sharding import axes, constrain
 
 HEADS = ("token_classification", "sequence_classification", "causal_lm")
 
@@ -154,6 +156,29 @@ def _normal(std: float):
     return nnx.initializers.normal(stddev=std)
 
 
+def _fold(key, salt):
+    """A projection's own dropout key, folded from the key its module draws with `salt`: the keys
+    the model already draws are untouched, so models without adapters drop out exactly as they did."""
+    return None if key is None else jax.random.fold_in(key, salt)
+
+
+class Projection(nnx.Linear):
+    """A block's linear layer, with the logical axes of its kernel (in, out) declared on it and
+    its bias (out).
+
+    Every projection is called `layer(x, dropout_key)`. Here the key is unused (and costs nothing
+    under jit); a layer that drops out its input overrides __call__ with the same signature
+    (gptjax.lora.LoRALinear's adapters), so the model calls every projection the same way."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_axes: tuple[str, str], **linear_kwargs):
+        super().__init__(in_features, out_features, kernel_metadata=axes(*kernel_axes),
+                         bias_metadata=axes(kernel_axes[1]), **linear_kwargs)
+
+    def __call__(self, x, dropout_key=None):
+        del dropout_key
+        return super().__call__(x)
+
+
 class Attention(nnx.Module):
     """Causal multi-head self-attention through jax.nn.dot_product_attention."""
 
@@ -161,16 +186,16 @@ class Attention(nnx.Module):
         d, std = config.n_embd, config.initializer_range
         dtype = jnp.dtype(config.dtype)
         self.config = config
-        self.c_attn = nnx.Linear(d, 3 * d, dtype=dtype, kernel_init=_normal(std), rngs=rngs)
+        self.c_attn = Projection(d, 3 * d, ("embed", "qkv"), dtype=dtype, kernel_init=_normal(std), rngs=rngs)
         # Residual projections start smaller so the residual stream's variance does not grow
         # with depth (GPT-2 paper, section 2.3; Hugging Face's _init_weights).
         proj_std = std / math.sqrt(2 * config.n_layer)
-        self.c_proj = nnx.Linear(d, d, dtype=dtype, kernel_init=_normal(proj_std), rngs=rngs)
+        self.c_proj = Projection(d, d, ("heads", "embed"), dtype=dtype, kernel_init=_normal(proj_std), rngs=rngs)
 
     def _qkv(self, x, key):  # [B, T, D] -> q, k, v, each [B, T, H, Dh]
         b, t, _ = x.shape
         cfg = self.config
-        q, k, v = jnp.split(_project(self.c_attn, x, key, 1), 3, axis=-1)
+        q, k, v = jnp.split(self.c_attn(x, _fold(key, 1)), 3, axis=-1)
         return tuple(a.reshape(b, t, cfg.n_head, cfg.head_dim) for a in (q, k, v))
 
     def __call__(self, x, mask, lengths, keys):  # x: [B, T, D], mask: [B, 1, T, T], lengths: [B]
@@ -179,10 +204,10 @@ class Attention(nnx.Module):
         q, k, v = self._qkv(x, _key(keys, 0))
         if keys is not None and cfg.attn_pdrop > 0:
             # dot_product_attention has no dropout on the probabilities; write it out instead.
-            y = _attention_with_dropout(q, k, v, mask, cfg.attn_pdrop, keys[0])
+            y = attention.with_dropout(q, k, v, mask, cfg.attn_pdrop, keys[0])
         else:
-            y = _fused_attention(q, k, v, mask, lengths, cfg.attention)
-        y = _project(self.c_proj, y.reshape(b, t, cfg.n_embd), _key(keys, 1), 1)
+            y = attention.fused(q, k, v, mask, lengths, cfg.attention)
+        y = self.c_proj(y.reshape(b, t, cfg.n_embd), _fold(_key(keys, 1), 1))
         return dropout(y, cfg.resid_pdrop, _key(keys, 1))
 
     def cached(self, x, cache, index, mask):
@@ -200,50 +225,13 @@ class Attention(nnx.Module):
         q, k, v = (a.transpose(0, 2, 1, 3).reshape(b * cfg.n_head, s, cfg.head_dim) for a in self._qkv(x, None))
         k_cache, v_cache = (jax.lax.dynamic_update_slice(c, a.astype(c.dtype), (0, index, 0))
                             for c, a in zip(cache, (k, v)))
-        y = _cache_attention(q, k_cache, v_cache, mask).astype(x.dtype)  # [B * H, S, Dh]
+        y = attention.over_cache(q, k_cache, v_cache, mask).astype(x.dtype)  # [B * H, S, Dh]
         y = y.reshape(b, cfg.n_head, s, cfg.head_dim).transpose(0, 2, 1, 3).reshape(b, s, cfg.n_embd)
-        return _project(self.c_proj, y, None, 1), (k_cache, v_cache)
-
-
-def _fused_attention(q, k, v, mask, lengths, implementation):
-    if implementation == "cudnn":
-        # cuDNN's flash attention takes causality and right padding as lengths, not as a mask.
-        try:
-            return jax.nn.dot_product_attention(
-                q, k, v, is_causal=True, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
-                implementation="cudnn",
-            )
-        except Exception:  # noqa: BLE001 - cuDNN refuses some shapes, dtypes and backends (CPU, TPU)
-            pass
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
-
-
-def _cache_attention(q, k, v, mask):  # q: [B * H, S, Dh], k, v: [B * H, T, Dh], mask: [B, 1, S, T]
-    n, s, t = q.shape[0], q.shape[1], k.shape[1]
-    scores = jnp.einsum("nsd,ntd->nst", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-    scores = scores.reshape(mask.shape[0], -1, s, t)  # [B, H, S, T]
-    probs = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(jnp.float32).min), axis=-1).reshape(n, s, t)
-    return jnp.einsum("nst,ntd->nsd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-
-
-def _attention_with_dropout(q, k, v, mask, rate, key):
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = dropout(jax.nn.softmax(scores, axis=-1), rate, key).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        return self.c_proj(y), (k_cache, v_cache)
 
 
 def _key(keys, i):
     return None if keys is None else keys[i]
-
-
-def _project(layer, x, key, salt):
-    """layer(x). A projection with a LoRA adapter (gptjax.peft.LoRALinear) also takes a dropout key
-    for the adapter's input, folded from `key` with `salt`: the keys the model already draws are
-    untouched, so models without adapters drop out exactly as they did."""
-    if getattr(layer, "takes_dropout_key", False):
-        return layer(x, dropout_key=None if key is None else jax.random.fold_in(key, salt))
-    return layer(x)
 
 
 class MLP(nnx.Module):
@@ -251,21 +239,21 @@ class MLP(nnx.Module):
         d, std = config.n_embd, config.initializer_range
         dtype = jnp.dtype(config.dtype)
         proj_std = std / math.sqrt(2 * config.n_layer)
-        self.c_fc = nnx.Linear(d, config.inner_dim, dtype=dtype, kernel_init=_normal(std), rngs=rngs)
-        self.c_proj = nnx.Linear(
-            config.inner_dim, d, dtype=dtype, kernel_init=_normal(proj_std), rngs=rngs
-        )
+        self.c_fc = Projection(d, config.inner_dim, ("embed", "mlp"), dtype=dtype, kernel_init=_normal(std), rngs=rngs)
+        self.c_proj = Projection(config.inner_dim, d, ("mlp", "embed"), dtype=dtype, kernel_init=_normal(proj_std),
+                                 rngs=rngs)
         self.act = ACTIVATIONS[config.activation_function]
         self.dropout_rate = config.resid_pdrop
 
     def __call__(self, x, key):
-        y = _project(self.c_proj, self.act(_project(self.c_fc, x, key, 1)), key, 2)
+        y = self.c_proj(self.act(self.c_fc(x, _fold(key, 1))), _fold(key, 2))
         return dropout(y, self.dropout_rate, key)
 
 
 def _layer_norm(config: GPT2Config, rngs: nnx.Rngs) -> nnx.LayerNorm:
     # LayerNorm statistics in float32 whatever the compute dtype: bf16 variance is too coarse.
-    return nnx.LayerNorm(config.n_embd, epsilon=config.layer_norm_epsilon, rngs=rngs)
+    return nnx.LayerNorm(config.n_embd, epsilon=config.layer_norm_epsilon, scale_metadata=axes("norm"),
+                         bias_metadata=axes("norm"), rngs=rngs)
 
 
 class Block(nnx.Module):
@@ -295,21 +283,23 @@ class Transformer(nnx.Module):
     def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs):
         std = config.initializer_range
         self.config = config
-        self.wte = nnx.Embed(config.vocab_size, config.n_embd, embedding_init=_normal(std), rngs=rngs)
-        self.wpe = nnx.Embed(config.n_positions, config.n_embd, embedding_init=_normal(std), rngs=rngs)
+        self.wte = nnx.Embed(config.vocab_size, config.n_embd, embedding_init=_normal(std),
+                             embedding_metadata=axes("vocab", "embed"), rngs=rngs)
+        self.wpe = nnx.Embed(config.n_positions, config.n_embd, embedding_init=_normal(std),
+                             embedding_metadata=axes("positions", "embed"), rngs=rngs)
 
         @nnx.split_rngs(splits=config.n_layer)
-        @nnx.vmap(in_axes=(0,), out_axes=0)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def stacked_blocks(rngs):
             return Block(config, rngs=rngs)
 
         self.h = stacked_blocks(rngs)
         self.ln_f = _layer_norm(config, rngs)
-        # The bottom blocks that do not train (train.freeze=top_k; set by gptjax.peft): they run in a
-        # scan of their own under stop_gradient, so the backward pass stops at the first trained block.
-        self.frozen_layers = 0
 
-    def __call__(self, input_ids, attention_mask, dropout_key=None):  # [B, T] -> [B, T, D]
+    def __call__(self, input_ids, attention_mask, dropout_key=None, frozen_layers=0):  # [B, T] -> [B, T, D]
+        """frozen_layers: the bottom blocks that do not train (train.freeze=top_k, gptjax/partition.py).
+        They run in a scan of their own under stop_gradient, so the backward pass stops at the
+        first trained block."""
         cfg = self.config
         b, t = input_ids.shape
         if t > cfg.n_positions:
@@ -341,7 +331,7 @@ class Transformer(nnx.Module):
         # Unrolled, XLA schedules the recomputed blocks of remat early and keeps them all alive
         # (3x the temporaries of the rolled loop, tests/test_memory_plan.py): remat stays rolled.
         unroll = cfg.unroll or (cfg.n_layer if jax.default_backend() == "cpu" and not cfg.remat else 1)
-        if f := self.frozen_layers:
+        if f := frozen_layers:
             frozen = jax.tree.map(lambda a: jax.lax.stop_gradient(a[:f]), layers)
             x, _ = jax.lax.scan(body, x, (frozen, None if keys is None else layer_keys[:f]), unroll=unroll)
             layers, layer_keys = jax.tree.map(lambda a: a[f:], layers), None if keys is None else layer_keys[f:]
@@ -355,7 +345,8 @@ class GPT2(nnx.Module):
     Heads: "token_classification" -> [B, T, num_labels]; "sequence_classification" -> [B,
     num_labels] from each row's last real token; "causal_lm" -> [B, T, vocab] through `wte`.
     Dropout is on only when a `dropout_key` is given, so evaluation is the default and training
-    randomness comes from keys the caller derives (from the seed and the step).
+    randomness comes from keys the caller derives (from the seed and the step). `frozen_layers`:
+    see Transformer.__call__.
     """
 
     def __init__(
@@ -386,13 +377,13 @@ class GPT2(nnx.Module):
         elif head == "sequence_classification":
             self.score = make_head(config, head, num_labels, rngs)
 
-    def __call__(self, input_ids, attention_mask=None, *, dropout_key=None):
+    def __call__(self, input_ids, attention_mask=None, *, dropout_key=None, frozen_layers=0):
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         backbone_key = head_key = None
         if dropout_key is not None:
             backbone_key, head_key = jax.random.split(dropout_key)
-        x = self.transformer(input_ids, attention_mask, backbone_key)  # [B, T, D] float32
+        x = self.transformer(input_ids, attention_mask, backbone_key, frozen_layers)  # [B, T, D] float32
         if self.head == "token_classification":
             return self.classifier(dropout(x, self.config.head_dropout, head_key))  # [B, T, num_labels]
         if self.head == "sequence_classification":
@@ -424,8 +415,7 @@ class Decoder(nnx.Module):
         self.config = model.config
         self.wte, self.wpe, self.ln_f = t.wte, t.wpe, t.ln_f
         graphdef, stacked = nnx.split(t.h)
-        self.blocks = nnx.List([nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], stacked))
-                                for i in range(self.config.n_layer)])
+        self.blocks = nnx.List([nnx.merge(graphdef, _layer(stacked, i)) for i in range(self.config.n_layer)])
 
     def init_cache(self, batch: int, length: int) -> list:
         """An empty KV cache of `length` columns: per layer (k, v), each [B * H, T, Dh] (rows
@@ -462,11 +452,17 @@ class Decoder(nnx.Module):
         return self.wte.attend(x).astype(jnp.float32), new_cache
 
 
+def _layer(stacked: nnx.State, i: int) -> nnx.State:
+    """Layer i of the stacked blocks' parameters, the "layers" axis gone from their declared axes too."""
+    return spmd.remove_axis(jax.tree.map(lambda a: a[i], stacked), 0, {nnx.PARTITION_NAME: "layers"})
+
+
 def make_head(config: GPT2Config, head: str, num_labels: int, rngs: nnx.Rngs) -> nnx.Linear:
     """A freshly initialised classification head: `classifier` (with bias) or `score` (without)."""
     init = _normal(config.initializer_range)
     use_bias = head == "token_classification"  # as GPT2ForTokenClassification / ...Sequence...
-    return nnx.Linear(config.n_embd, num_labels, use_bias=use_bias, kernel_init=init, rngs=rngs)
+    return nnx.Linear(config.n_embd, num_labels, use_bias=use_bias, kernel_init=init, kernel_metadata=axes("embed", "labels"),
+                      bias_metadata=axes("labels"), rngs=rngs)
 
 
 def init_model(

@@ -8,9 +8,10 @@ fills an axis with the devices left over):
           `embed` dimension), gathered layer by layer as the step needs them;
 - tensor: attention heads and MLP columns (and the vocabulary) are split across it.
 
-Every parameter's axes have logical names (PARAM_AXES: embed, qkv, heads, mlp, vocab, layers);
-RULES maps those names to mesh axes. Pure data parallelism, FSDP, tensor
-parallelism and their combinations are then one config change, as in MaxText.
+Every parameter declares the logical names of its axes where it is made (model.py, lora.py:
+`kernel_metadata=axes("embed", "mlp")`, Flax's partitioning metadata); RULES maps those names to mesh
+axes. Pure data parallelism, FSDP, tensor parallelism and their combinations are then one config
+change, as in MaxText.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gptjax.errors import ConfigError
@@ -40,6 +42,11 @@ RULES = {
     "layers": None,
     "positions": None,
     "labels": None,
+    "norm": None,  # LayerNorm scales and biases: small, and needed whole by every row
+    # LoRA adapters: r columns per layer, cheaper kept whole than gathered every step.
+    "lora_in": None,
+    "lora_rank": None,
+    "lora_out": None,
 }
 
 
@@ -76,60 +83,52 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH))
 
 
-# The logical axes of each GPT-2 parameter, by (module, leaf) name; the stacked blocks' leaves
-# get a leading "layers" axis. c_proj is told apart by its parent (attn or mlp).
-PARAM_AXES = {
-    ("wte", "embedding"): ("vocab", "embed"),
-    ("wpe", "embedding"): ("positions", "embed"),
-    ("c_attn", "kernel"): ("embed", "qkv"),
-    ("c_attn", "bias"): ("qkv",),
-    ("attn", "c_proj", "kernel"): ("heads", "embed"),
-    ("attn", "c_proj", "bias"): ("embed",),
-    ("c_fc", "kernel"): ("embed", "mlp"),
-    ("c_fc", "bias"): ("mlp",),
-    ("mlp", "c_proj", "kernel"): ("mlp", "embed"),
-    ("mlp", "c_proj", "bias"): ("embed",),
-    ("classifier", "kernel"): ("embed", "labels"),
-    ("classifier", "bias"): ("labels",),
-    ("score", "kernel"): ("embed", "labels"),
-}
+def axes(*names) -> dict:
+    """The metadata that declares a parameter's logical axes, one name per dimension (Flax's
+    partitioning metadata, `out_sharding`: `nnx.Linear(..., kernel_metadata=axes("embed", "mlp"))`);
+    shardings_for maps them through RULES. Not sharded as it is made (Flax's eager sharding):
+    models are built apart from any mesh, and placed on one afterwards."""
+    return {"out_sharding": names, "eager_sharding": False}
 
 
-def logical_axes(path, ndim: int) -> tuple | None:
-    """The logical axes of the array at a pytree path of parameters or of an optimizer state
-    that mirrors them (Adam's moments); None for anything else (counts, LayerNorms: replicated)."""
-    names = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
-    if len(names) < 2:
-        return None
-    axes = PARAM_AXES.get(tuple(names[-3:])) or PARAM_AXES.get(tuple(names[-2:]))
-    if axes is None:
-        return None
-    if names[:2] == ["transformer", "h"]:
-        axes = ("layers", *axes)
-    return axes if len(axes) == ndim else None
+def logical_axes(variable) -> tuple | None:
+    """The logical axes declared on a parameter (or on the optimizer state that mirrors it)."""
+    return variable.get_metadata().get("out_sharding") or None
+
+
+def spec(names, shape, mesh_shape) -> P:
+    """The PartitionSpec of an array of `shape` with logical axes `names` on a mesh of
+    `mesh_shape` (mesh axis -> size). An axis that does not divide evenly over its mesh axes
+    stays whole (GPT-2's 50257-token vocabulary over a tensor axis of 2, say)."""
+    if len(names) != len(shape):
+        raise ValueError(f"logical axes {names} do not fit an array of shape {tuple(shape)}")
+    mesh_axes = [RULES[name] for name in names]
+    # Size-1 axes dropped and trailing Nones trimmed: the canonical form jit's outputs carry,
+    # so that a state fed back in matches and the step does not compile again.
+    mesh_axes = [axis if axis is not None and 1 < _axis_size(mesh_shape, axis) and n % _axis_size(mesh_shape, axis) == 0
+                 else None for n, axis in zip(shape, mesh_axes)]
+    while mesh_axes and mesh_axes[-1] is None:
+        mesh_axes.pop()
+    return P(*mesh_axes)
+
+
+def specs_for(tree, mesh_shape):
+    """A PartitionSpec for every array of a parameter tree or a train state (any pytree whose
+    parameters are nnx Variables: an nnx.State, Optax's moments of one), by the logical axes
+    declared on them; P() (replicated) for arrays with none (step counts)."""
+
+    def spec_of(x):
+        if isinstance(x, nnx.Variable) and (names := logical_axes(x)):
+            return jax.tree.map(lambda leaf: spec(names, leaf.shape, mesh_shape), x)
+        return jax.tree.map(lambda _: P(), x)
+
+    return jax.tree.map(spec_of, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def shardings_for(tree, mesh: Mesh):
-    """A NamedSharding for every array of a parameter tree or a train state, by its logical axes.
-
-    An axis that does not divide evenly over its mesh axes stays whole (GPT-2's 50257-token
-    vocabulary over a tensor axis of 2, say).
-    """
-
-    def sharding_of(path, leaf):
-        axes = logical_axes(path, len(getattr(leaf, "shape", ())))
-        if axes is None:
-            return replicated(mesh)
-        spec = [RULES[name] for name in axes]
-        # Size-1 axes dropped and trailing Nones trimmed: the canonical form jit's outputs carry,
-        # so that a state fed back in matches and the step does not compile again.
-        spec = [axis if axis is not None and _axis_size(mesh, axis) > 1 and leaf.shape[i] % _axis_size(mesh, axis) == 0
-                else None for i, axis in enumerate(spec)]
-        while spec and spec[-1] is None:
-            spec.pop()
-        return NamedSharding(mesh, P(*spec))
-
-    return jax.tree_util.tree_map_with_path(sharding_of, tree)
+    """A NamedSharding for every array of a parameter tree or a train state (specs_for's)."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs_for(tree, mesh.shape),
+                        is_leaf=lambda x: isinstance(x, P))
 
 
 def constrain(x, *logical):
@@ -149,13 +148,13 @@ def under_mesh(mesh: Mesh, fn):
     return call
 
 
-def _axis_size(mesh: Mesh, axis) -> int:
+def _axis_size(mesh_shape, axis) -> int:
     names = axis if isinstance(axis, tuple) else (axis,)
-    return math.prod(mesh.shape[n] for n in names)
+    return math.prod(mesh_shape[n] for n in names)
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "train.batch_size") -> None:
-    n = _axis_size(mesh, BATCH)
+    n = _axis_size(mesh.shape, BATCH)
     if batch_size % n:
         raise ConfigError(f"{what}={batch_size} is not divisible by the {n} devices of the data x fsdp axes")
     if batch_size % jax.process_count():

@@ -1,7 +1,7 @@
 """The train and predict steps, built in one place from a config, a model and a mesh.
 
 build_steps is what training, evaluation, prediction, benchmark mode, the memory plan, the
-benchmarks and the tests use, so LoRA and freezing (gptjax/peft.py) apply the same everywhere.
+benchmarks and the tests use, so LoRA and freezing (gptjax/partition.py) apply the same everywhere.
 The state is plain pytrees (parameters as an nnx.State, Optax's state, the step), so one
 jax.jit-compiled function updates it with its buffers donated, and the same pytrees are what
 checkpoints hold. The model's graph (its structure, no arrays) is closed over.
@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from gptjax import peft, sharding
+from gptjax import sharding
 from gptjax.data import IGNORE_INDEX
 from gptjax.errors import ConfigError
+from gptjax.partition import FULL, Partition, config_partition
 
 
 class TrainState(NamedTuple):
@@ -106,12 +107,12 @@ def masked_cross_entropy(logits, labels):
     return jnp.sum(losses), jnp.sum(valid)
 
 
-def make_train_step(graphdef, tx, *, seed: int, grad_accum_steps: int = 1, partition: peft.Partition = peft.FULL,
+def make_train_step(graphdef, tx, *, seed: int, grad_accum_steps: int = 1, partition: Partition = FULL,
                     state_sharding=None):
     """train_step(state, batch, frozen=None) -> (state, metrics); the batch is split into
     grad_accum_steps micro-batches whose gradients are summed before the single optimizer update.
 
-    state.params holds what trains; `frozen` the rest (partition.split's halves, gptjax/peft.py).
+    state.params holds what trains; `frozen` the rest (partition.split's halves, gptjax/partition.py).
     The frozen parameters are an input, not a closed-over constant, so XLA neither embeds nor
     copies them, and they get no gradient. `state_sharding` (the state's own shardings) pins the
     new state where the old one was, so that it stays sharded and the step compiles once."""
@@ -132,7 +133,8 @@ def make_train_step(graphdef, tx, *, seed: int, grad_accum_steps: int = 1, parti
 
             def loss_fn(params):
                 model = nnx.merge(graphdef, partition.merge(params, frozen))
-                logits = model(mb["input_ids"], mb["attention_mask"], dropout_key=jax.random.fold_in(step_key, index))
+                logits = model(mb["input_ids"], mb["attention_mask"], dropout_key=jax.random.fold_in(step_key, index),
+                               frozen_layers=partition.frozen_layers)
                 return masked_cross_entropy(logits, mb["labels"])[0] / denominator
 
             mb_loss, mb_grads = jax.value_and_grad(loss_fn)(state.params)
@@ -149,26 +151,28 @@ def make_train_step(graphdef, tx, *, seed: int, grad_accum_steps: int = 1, parti
     return jax.jit(train_step, donate_argnums=(0,), out_shardings=out_shardings)
 
 
-def make_predict_step(graphdef, partition: peft.Partition = peft.FULL, *, probabilities: bool = False):
+def make_predict_step(graphdef, partition: Partition = FULL, *, probabilities: bool = False):
     """predict(params, batch, frozen=None) -> the argmax class ids, [B, T] or [B] (with
     `probabilities`, also the softmax over classes in float32). With a partition, params and
     frozen are its two halves."""
 
     def predict(params, batch, frozen=None):
-        logits = nnx.merge(graphdef, partition.merge(params, frozen))(batch["input_ids"], batch["attention_mask"])
+        logits = nnx.merge(graphdef, partition.merge(params, frozen))(batch["input_ids"], batch["attention_mask"],
+                                                                       frozen_layers=partition.frozen_layers)
         ids = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         return (ids, jax.nn.softmax(logits.astype(jnp.float32), axis=-1)) if probabilities else ids
 
     return jax.jit(predict)
 
 
-def make_nll_step(graphdef, partition: peft.Partition = peft.FULL):
+def make_nll_step(graphdef, partition: Partition = FULL):
     """nll(params, batch, frozen=None) -> (NLL summed over each row's labelled positions [B]
     float32, their number [B] int32): what a causal LM's loss and perplexity are computed from,
     each row kept apart so the evaluator counts every row once and skips padding rows."""
 
     def nll(params, batch, frozen=None):
-        logits = nnx.merge(graphdef, partition.merge(params, frozen))(batch["input_ids"], batch["attention_mask"])
+        logits = nnx.merge(graphdef, partition.merge(params, frozen))(batch["input_ids"], batch["attention_mask"],
+                                                                       frozen_layers=partition.frozen_layers)
         losses, valid = token_nll(logits, batch["labels"])
         return jnp.sum(losses, axis=-1), jnp.sum(valid, axis=-1, dtype=jnp.int32)
 
@@ -182,7 +186,7 @@ def place_params(model, mesh):
     return graphdef, jax.device_put(params, sharding.shardings_for(params, mesh))
 
 
-def init_train_state(model, tx, mesh, partition: peft.Partition = peft.FULL) -> tuple[Any, TrainState, Any]:
+def init_train_state(model, tx, mesh, partition: Partition = FULL) -> tuple[Any, TrainState, Any]:
     """(graphdef, state, frozen) on the mesh: the state holds the trainable parameters (all of
     them by default) and an optimizer state for them alone; `frozen` the rest. Every leaf is
     committed to its sharding, as the step's outputs will be, so the second call does not
@@ -212,7 +216,7 @@ class Steps:
     what trains and its optimizer state; for inference only the parameters, no optimizer state."""
 
     graphdef: Any
-    partition: peft.Partition
+    partition: Partition
     mesh: Any
     frozen: Any  # the parameters that do not train (partition.split's second half)
     predict_step: Any
@@ -260,9 +264,9 @@ def check_batch_sizes(config, mesh) -> None:
 
 
 def build_steps(config, model, mesh, total_steps: int | None = None) -> Steps:
-    """The model (already shaped by peft.adapt) on the mesh with its steps. With total_steps, a
+    """The model (already shaped by partition.adapt) on the mesh with its steps. With total_steps, a
     train state and step with the config's optimizer and schedule; without, inference only."""
-    partition = peft.partition(config, model)
+    partition = config_partition(config, model)
     if total_steps is None:
         sharding.check_batch_size(config.train.eval_batch_size, mesh, "train.eval_batch_size")
         graphdef, params = place_params(model, mesh)

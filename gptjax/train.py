@@ -10,7 +10,7 @@ import logging
 
 import jax
 
-from gptjax import artifact, evaluation, peft, sharding, tasks, workdir as wd
+from gptjax import artifact, evaluation, partition, sharding, tasks, workdir as wd
 from gptjax.checkpoint import Checkpoints, Preempted, PreemptionGuard, abstract_like, check_compatible, config_json
 from gptjax.config import check_platform, validate
 from gptjax.data import EncodedSplit, epoch_batches, num_batches, pad_token_id
@@ -120,9 +120,9 @@ def _train(config, workdir) -> dict:
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     steps = build_steps(config, exp.model, mesh, total_steps)
-    base = peft.checksum(steps.frozen)  # what checkpoints record of the base they need
-    trainable_params = peft.count(steps.params)
-    total_params = trainable_params + peft.count(steps.frozen)
+    base = partition.checksum(steps.frozen)  # what checkpoints record of the base they need
+    trainable_params = partition.count(steps.params)
+    total_params = trainable_params + partition.count(steps.frozen)
 
     checkpoints = Checkpoints(workdir, config.checkpoint.keep)
     progress, pending = Progress(), []
@@ -130,7 +130,7 @@ def _train(config, workdir) -> dict:
     if config.checkpoint.resume:
         def check(meta):
             check_compatible(meta, config, exp.vocab.names, checkpoints.directory)
-            peft.check_base(meta.get("base"), base, checkpoints.directory)
+            partition.check_base(meta.get("base"), base, checkpoints.directory)
 
         restored = checkpoints.restore_latest(abstract_like(steps.state), check)
     if restored is not None:

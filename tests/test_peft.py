@@ -12,7 +12,10 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 from conftest import tiny_config
-from gptjax import peft, sharding, train
+from gptjax import sharding, train
+from gptjax.config import validate
+from gptjax.lora import TARGETS, add_lora, lora_layers, merge_lora
+from gptjax.partition import Partition, adapt, config_partition, count
 from gptjax.checkpoint import PreemptionGuard, Preempted
 from gptjax.config import apply_overrides, base_config
 from gptjax.errors import ConfigError
@@ -41,13 +44,13 @@ def _train(config, steps=4, dropout=0.0):
     final state, frozen)."""
     model = init_model(TINY.replace(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout),
                        "token_classification", num_labels=LABELS, seed=0)
-    model = peft.adapt(model, config)
+    model = adapt(model, config)
     before = jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     cfg = config.train
     cfg.learning_rate, cfg.warmup_steps = 1e-2, 0
     tx, _ = make_optimizer(cfg, 100)
     mesh = sharding.make_mesh()
-    partition = peft.partition(config, model)
+    partition = config_partition(config, model)
     graphdef, state, frozen = init_train_state(model, tx, mesh, partition)
     step = make_train_step(graphdef, tx, seed=0, partition=partition)
     for i in range(steps):
@@ -100,21 +103,22 @@ def test_frozen_weights_stay_bit_identical_and_have_no_optimizer_state(freeze):
 
 
 def test_top_k_backward_pass_skips_the_frozen_blocks():
-    model = peft.adapt(init_model(TINY, "token_classification", num_labels=LABELS),
-                       _config(**{"train.freeze": "top_k", "train.trainable_blocks": 1}))
+    model = adapt(init_model(TINY, "token_classification", num_labels=LABELS),
+                  _config(**{"train.freeze": "top_k", "train.trainable_blocks": 1}))
     graphdef, params = nnx.split(model)
-    partition = peft.Partition("top_k", 2)
+    partition = Partition("top_k", 2)
     trainable, frozen = partition.split(params)
     batch = _batch(0)
 
     def loss(t):
-        return jnp.sum(nnx.merge(graphdef, partition.merge(t, frozen))(batch["input_ids"], batch["attention_mask"]) ** 2)
+        model = nnx.merge(graphdef, partition.merge(t, frozen))
+        return jnp.sum(model(batch["input_ids"], batch["attention_mask"], frozen_layers=partition.frozen_layers) ** 2)
 
     # Forward: the frozen blocks' scan and the trained block's; backward: the trained block's alone.
     assert str(jax.make_jaxpr(jax.grad(loss))(trainable)).count("scan[") == 3
     # And splitting the scan does not change the forward pass.
     plain = init_model(TINY, "token_classification", num_labels=LABELS)
-    np.testing.assert_array_equal(model(batch["input_ids"], batch["attention_mask"]),
+    np.testing.assert_array_equal(model(batch["input_ids"], batch["attention_mask"], frozen_layers=partition.frozen_layers),
                                   plain(batch["input_ids"], batch["attention_mask"]))
 
 
@@ -126,11 +130,11 @@ def _lora_by_hand(rank, targets, n_layer=TINY.n_layer, d=TINY.n_embd, inner=TINY
 
 
 def test_lora_trains_exactly_the_adapters_and_the_head():
-    rank, targets = 4, peft.TARGETS
+    rank, targets = 4, TARGETS
     config = _config(**{"lora.rank": rank, "lora.dropout": 0.1})
     partition, graphdef, before, state, frozen = _train(config, dropout=0.1)
-    assert peft.count(state.params) == _lora_by_hand(rank, targets)
-    assert peft.count(_opt_leaves(state.opt_state)) == _lora_by_hand(rank, targets)
+    assert count(state.params) == _lora_by_hand(rank, targets)
+    assert count(_opt_leaves(state.opt_state)) == _lora_by_hand(rank, targets)
     trainable = _flat(nnx.to_pure_dict(state.params))
     assert all(k.startswith("classifier") or k.endswith(("lora_a", "lora_b")) for k in trainable)
     assert trainable["transformer/h/attn/c_attn/lora_a"].shape == (TINY.n_layer, TINY.n_embd, rank)
@@ -144,17 +148,17 @@ def test_lora_trains_exactly_the_adapters_and_the_head():
 def test_lora_on_some_targets():
     targets = ("attn.c_attn", "mlp.c_proj")
     config = _config(**{"lora.rank": 2, "lora.targets": str(targets)})
-    model = peft.adapt(init_model(TINY, "token_classification", num_labels=LABELS), config)
-    trainable, _ = peft.partition(config, model).split(nnx.state(model, nnx.Param))
-    assert peft.count(trainable) == _lora_by_hand(2, targets)
-    assert sorted(path[:-1] for path in peft.lora_layers(model)) == [("transformer", "h", "attn"), ("transformer", "h", "mlp")]
+    model = adapt(init_model(TINY, "token_classification", num_labels=LABELS), config)
+    trainable, _ = config_partition(config, model).split(nnx.state(model, nnx.Param))
+    assert count(trainable) == _lora_by_hand(2, targets)
+    assert sorted(path[:-1] for path in lora_layers(model)) == [("transformer", "h", "attn"), ("transformer", "h", "mlp")]
 
 
 def test_lora_starts_equal_to_the_base_model():
     batch = _batch(1)
     base = init_model(TINY, "token_classification", num_labels=LABELS, seed=0)
     expected = base(batch["input_ids"], batch["attention_mask"])
-    adapted = peft.add_lora(base, rank=4, alpha=8.0)
+    adapted = add_lora(base, rank=4, alpha=8.0)
     np.testing.assert_array_equal(adapted(batch["input_ids"], batch["attention_mask"]), expected)  # B = 0
 
 
@@ -167,7 +171,7 @@ def test_merged_export_is_the_base_plus_scaled_adapters(tmp_path):
     assert not any("lora" in k for k in saved)
     params = _flat(nnx.to_pure_dict(jax.device_get(state.params)))
     before = _flat(before)
-    for target in peft.TARGETS:
+    for target in TARGETS:
         stem = "transformer/h/" + target.replace(".", "/")
         a, b = params[f"{stem}/lora_a"].astype(np.float64), params[f"{stem}/lora_b"].astype(np.float64)
         assert np.abs(b).max() > 0  # the adapters trained
@@ -179,8 +183,8 @@ def test_merged_export_is_the_base_plus_scaled_adapters(tmp_path):
     np.testing.assert_array_equal(saved["transformer.wte.weight"], before["transformer/wte/embedding"])
     # The merged plain model computes what the adapted one does.
     batch = _batch(2)
-    merged = peft.merge_lora(model)
-    assert not peft.lora_layers(merged) and peft.lora_layers(model)  # the adapted model is left as it was
+    merged = merge_lora(model)
+    assert not lora_layers(merged) and lora_layers(model)  # the adapted model is left as it was
     np.testing.assert_allclose(merged(batch["input_ids"], batch["attention_mask"]),
                                model(batch["input_ids"], batch["attention_mask"]), atol=2e-5)
 
@@ -197,13 +201,13 @@ def test_merged_export_is_the_base_plus_scaled_adapters(tmp_path):
 ])
 def test_config_errors_name_the_keys(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        peft.check_config(_config(**overrides))
+        validate(_config(**overrides))
 
 
 def test_more_trainable_blocks_than_the_model_has():
     config = _config(**{"train.freeze": "top_k", "train.trainable_blocks": 4})
     with pytest.raises(ConfigError, match="train.trainable_blocks=4 exceeds the model's 3 blocks"):
-        peft.adapt(init_model(TINY, "token_classification", num_labels=LABELS), config)
+        adapt(init_model(TINY, "token_classification", num_labels=LABELS), config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +251,7 @@ def _meta(workdir, step):
 def test_lora_run_checkpoints_only_what_trains_and_resumes_exactly(lora_reference, small_ner, tmp_path, monkeypatch):
     reference, results = lora_reference
     config = tiny_config("token", small_ner, **LORA_RUN)
-    assert results["trainable_params"] == _lora_by_hand(4, peft.TARGETS, n_layer=1, d=64, inner=256, labels=9)
+    assert results["trainable_params"] == _lora_by_hand(4, TARGETS, n_layer=1, d=64, inner=256, labels=9)
     assert results["total_params"] > 10 * results["trainable_params"]
     saved = json.loads((reference / "results.json").read_text())
     assert saved["trainable_params"] == results["trainable_params"] and saved["total_params"] == results["total_params"]
@@ -284,12 +288,12 @@ def test_resume_refuses_another_base(lora_reference, small_ner, tmp_path, monkey
     with pytest.raises(ConfigError, match="lora.rank=4"):
         train.train_and_evaluate(other, str(tmp_path))
     # The same config over different base weights: refused by the checksum.
-    original = peft.adapt
+    original = adapt
 
     def other_base(model, config):
         model.transformer.wte.embedding.set_value(model.transformer.wte.embedding[...] * 2)
         return original(model, config)
 
-    monkeypatch.setattr(peft, "adapt", other_base)
+    monkeypatch.setattr("gptjax.partition.adapt", other_base)
     with pytest.raises(ConfigError, match="frozen base model differs"):
         train.train_and_evaluate(config, str(tmp_path))

@@ -60,6 +60,52 @@ def test_parameters_and_optimizer_state_are_really_sharded(layouts):
     assert layouts["fsdp4_tensor2"]["bytes"]["c_fc_kernel_shard"] == [2, 64 // 4, 256 // 2]
 
 
+def test_optimizer_state_is_sharded_as_its_parameters(layouts):
+    assert all(layouts[layout]["moments_like_params"] for layout in layouts)
+
+
+@pytest.mark.parametrize("layout", ["single", "fsdp4_tensor2"])  # 1 device; 8 devices over all three axes
+def test_every_parameter_declares_its_axes(layouts, layout):
+    """A LoRA model with each head: no matrix may fall back to replicated for want of axes."""
+    declared = layouts[layout]["declared"]
+    missing = [path for path, p in declared.items() if len(p["shape"]) >= 2 and not p["axes"]]
+    assert not missing, f"parameters with no logical axes (model.py, lora.py: declare them): {missing}"
+    assert all(len(p["axes"]) == len(p["shape"]) for p in declared.values() if p["axes"])
+
+
+# What every parameter got from the table of parameter paths the declared axes replaced (mesh_equivalence's
+# model with LoRA, every head): the layouts it is split on; replicated on the others. Training and
+# checkpoints depend on these.
+PINNED_SPECS = {
+    "classifier/kernel": {"fsdp8": ["fsdp"], "fsdp4_tensor2": ["fsdp"]},
+    "score/kernel": {"fsdp8": ["fsdp"], "fsdp4_tensor2": ["fsdp"]},
+    "transformer/h/attn/c_attn/bias": {"tensor2_data4": [None, "tensor"], "fsdp4_tensor2": [None, "tensor"]},
+    "transformer/h/attn/c_attn/kernel": {"fsdp8": [None, "fsdp"], "tensor2_data4": [None, None, "tensor"],
+                                         "fsdp4_tensor2": [None, "fsdp", "tensor"]},
+    "transformer/h/attn/c_proj/bias": {"fsdp8": [None, "fsdp"], "fsdp4_tensor2": [None, "fsdp"]},
+    "transformer/h/attn/c_proj/kernel": {"fsdp8": [None, None, "fsdp"], "tensor2_data4": [None, "tensor"],
+                                         "fsdp4_tensor2": [None, "tensor", "fsdp"]},
+    "transformer/h/mlp/c_fc/bias": {"tensor2_data4": [None, "tensor"], "fsdp4_tensor2": [None, "tensor"]},
+    "transformer/h/mlp/c_fc/kernel": {"fsdp8": [None, "fsdp"], "tensor2_data4": [None, None, "tensor"],
+                                      "fsdp4_tensor2": [None, "fsdp", "tensor"]},
+    "transformer/h/mlp/c_proj/bias": {"fsdp8": [None, "fsdp"], "fsdp4_tensor2": [None, "fsdp"]},
+    "transformer/h/mlp/c_proj/kernel": {"fsdp8": [None, None, "fsdp"], "tensor2_data4": [None, "tensor"],
+                                        "fsdp4_tensor2": [None, "tensor", "fsdp"]},
+    "transformer/wpe/embedding": {"fsdp8": [None, "fsdp"], "fsdp4_tensor2": [None, "fsdp"]},
+    "transformer/wte/embedding": {"fsdp8": [None, "fsdp"], "tensor2_data4": ["tensor"], "fsdp4_tensor2": ["tensor", "fsdp"]},
+}
+REPLICATED = ["classifier/bias", *(f"transformer/{p}/{leaf}" for p in ("h/ln_1", "h/ln_2", "ln_f") for leaf in ("bias", "scale")),
+              *(f"transformer/h/{t}/lora_{ab}" for t in ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj") for ab in "ab")]
+
+
+@pytest.mark.parametrize("layout", ["single", "data8", "fsdp8", "tensor2_data4", "fsdp4_tensor2"])
+def test_parameter_specs_are_pinned(layouts, layout):
+    got = {path: p["spec"] for path, p in layouts[layout]["declared"].items()}
+    assert got.keys() == PINNED_SPECS.keys() | set(REPLICATED)
+    for path, spec in got.items():
+        assert spec == PINNED_SPECS.get(path, {}).get(layout, []), path
+
+
 TINY = [
     "--config=demo", "--config.model.arch.n_layer=1", "--config.model.arch.n_embd=32", "--config.model.arch.n_head=2",
     "--config.tokenizer.vocab_size=300", "--config.data.synthetic_sizes=(200, 20, 20)", "--config.train.batch_size=16",

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
-from gptjax import artifact, data, lm_data, model as model_lib, peft, sharding, synthetic, tasks, train
+from gptjax import artifact, data, lm_data, model as model_lib, partition, sharding, synthetic, tasks, train
 from gptjax.config import base_config
 from gptjax.errors import ConfigError
 from gptjax.data import IGNORE_INDEX
@@ -216,8 +216,8 @@ def test_head_only_is_refused_and_top_k_leaves_the_tied_embedding_frozen(tok, tm
         train.train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run" / "run.json").exists()
     config = lm_config(**{"train.freeze": "top_k", "train.trainable_blocks": 1})
-    model = peft.adapt(tiny_lm(tok), config)
-    trainable, frozen = peft.partition(config, model).split(nnx.state(model, nnx.Param))
+    model = partition.adapt(tiny_lm(tok), config)
+    trainable, frozen = partition.config_partition(config, model).split(nnx.state(model, nnx.Param))
     assert "wte" in frozen["transformer"] and "ln_f" in trainable["transformer"]
 
 

@@ -24,19 +24,8 @@ from gptjax.model import GPT2Config, abstract_model
 GiB = 2**30
 
 
-def _shard_factor(path, shape, mesh_sizes: dict[str, int]) -> int:
-    axes = sharding.logical_axes(path, len(shape))
-    if axes is None:
-        return 1
-    factor = 1
-    for dim, name in zip(shape, axes):
-        mesh_axes = sharding.RULES[name]
-        if mesh_axes is None:
-            continue
-        size = math.prod(mesh_sizes[a] for a in (mesh_axes if isinstance(mesh_axes, tuple) else (mesh_axes,)))
-        if dim % size == 0:
-            factor *= size
-    return factor
+def _shard_factor(spec, mesh_sizes: dict[str, int]) -> int:
+    return math.prod(mesh_sizes[a] for axis in spec if axis for a in (axis if isinstance(axis, tuple) else (axis,)))
 
 
 def plan(config: GPT2Config, *, head: str, num_labels: int | None, batch: int, length: int,
@@ -45,9 +34,10 @@ def plan(config: GPT2Config, *, head: str, num_labels: int | None, batch: int, l
     from flax import nnx
 
     params = nnx.state(abstract_model(config, head, num_labels), nnx.Param)
+    specs = jax.tree.leaves(sharding.specs_for(params, mesh_sizes), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
     param_bytes = sum(
-        math.prod(leaf.shape) * leaf.dtype.itemsize // _shard_factor(path, leaf.shape, mesh_sizes)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        math.prod(leaf.shape) * leaf.dtype.itemsize // _shard_factor(spec, mesh_sizes)
+        for leaf, spec in zip(jax.tree.leaves(params), specs)
     )
     rows = batch // (mesh_sizes["data"] * mesh_sizes["fsdp"])
     s, h, a, t, n = length, config.n_embd, config.n_head, mesh_sizes["tensor"], config.n_layer
