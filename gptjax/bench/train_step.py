@@ -97,7 +97,7 @@ class GptjaxSteps:
     weights; `train(batch)` and `predict(batch)` take batches already on the mesh."""
 
     def __init__(self, config):
-        from gptjax import peft, sharding
+        from gptjax import partition, sharding
         from gptjax.model import count_params, init_model
         from gptjax.steps import build_steps
 
@@ -105,7 +105,7 @@ class GptjaxSteps:
         self.model_config = model_config_of(config)
         self.mesh = sharding.make_mesh(config.mesh)
         model = init_model(self.model_config, self.shapes["head"], self.shapes["num_labels"], seed=config.train.seed)
-        model = peft.adapt(model, config)  # LoRA and freezing as training applies them
+        model = partition.adapt(model, config)  # LoRA and freezing as training applies them
         self.num_params = count_params(model)
         # The schedule's length does not change the step.
         self.steps = build_steps(config, model, self.mesh, total_steps=1_000_000)
