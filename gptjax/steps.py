@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 
 from gptjax import peft, sharding
-from gptjax.data import IGNORE_INDEX
+from gptjax.data.labels import IGNORE_INDEX
 from gptjax.errors import ConfigError
 
 
@@ -101,7 +101,7 @@ def token_nll(logits, labels):
 
 def masked_cross_entropy(logits, labels):
     """(sum of the cross-entropy over labelled positions, their count); -100 counts in neither.
-    Every task's loss: a causal LM's labels are already the next tokens (gptjax/lm_data.py)."""
+    Every task's loss: a causal LM's labels are already the next tokens (gptjax/data/encode.py)."""
     losses, valid = token_nll(logits, labels)
     return jnp.sum(losses), jnp.sum(valid)
 
