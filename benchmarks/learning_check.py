@@ -40,8 +40,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # gptjax/ at the top
 
-from gptjax import data, synthetic  # noqa: E402
 from gptjax.config import apply_overrides, load_config  # noqa: E402
+from gptjax.data import synthetic  # noqa: E402
+from gptjax.data.encode import encode_token_split  # noqa: E402
+from gptjax.data.examples import word_texts  # noqa: E402
+from gptjax.data.labels import LabelVocab  # noqa: E402
+from gptjax.data.readers import read_conll  # noqa: E402
+from gptjax.tokenizer import train_tokenizer  # noqa: E402
 
 log = logging.getLogger("learning_check")
 SPLITS = ("train", "validation", "test")
@@ -62,8 +67,8 @@ def make_checkpoint(directory: Path, corpus_dir: Path, args) -> Path:
     import torch
     import transformers
 
-    train = data.read_conll(str(corpus_dir / "train.conll"))
-    tokenizer = synthetic.train_tokenizer(synthetic.corpus_texts(train), vocab_size=args.vocab_size)
+    train = read_conll(str(corpus_dir / "train.conll"))
+    tokenizer = train_tokenizer(word_texts(train), vocab_size=args.vocab_size)
     config = transformers.GPT2Config(
         n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head, n_positions=args.max_length,
         vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -212,7 +217,7 @@ def run_reference(checkpoint: Path, corpus_dir: Path, hp: dict, label_names: lis
     torch.set_num_threads(2)
     start = time.perf_counter()
     seed = hp["train.seed"]
-    splits = {s: data.read_conll(str(corpus_dir / f"{s}.conll")) for s in SPLITS}
+    splits = {s: read_conll(str(corpus_dir / f"{s}.conll")) for s in SPLITS}
     id2label = dict(enumerate(label_names))
     label2id = {name: i for i, name in id2label.items()}
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint), add_prefix_space=True)
@@ -273,11 +278,11 @@ def same_token_ids(checkpoint: Path, corpus_dir: Path, label_names: list[str], m
     import transformers
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint), add_prefix_space=True)
-    vocab = data.LabelVocab(label_names)
+    vocab = LabelVocab(label_names)
     out = {}
     for split in SPLITS:
-        examples = data.read_conll(str(corpus_dir / f"{split}.conll"))
-        ours = data.encode_token_split(examples, tokenizer, vocab, max_length)
+        examples = read_conll(str(corpus_dir / f"{split}.conll"))
+        ours = encode_token_split(examples, tokenizer, vocab, max_length)
         ref = encode_reference(examples, tokenizer, vocab.label2id, max_length)
         out[split] = sum(
             list(a) != r["input_ids"] or list(b) != r["labels"]
@@ -354,9 +359,9 @@ def main(argv=None):
     results = {"corpus_sizes": list(args.sizes), "hyperparameters": hp,
                "gptjax": run_gptjax(checkpoint, corpus_dir, hp, out / "gptjax")}
     # The label vocabulary gptjax built from the train split: the reference uses the same ids.
-    label_names = data.LabelVocab.load(str(out / "gptjax" / "labels.json")).names
-    train = data.read_conll(str(corpus_dir / "train.conll"))
-    assert label_names == data.LabelVocab.from_tags(train).names
+    label_names = LabelVocab.load(str(out / "gptjax" / "labels.json")).names
+    train = read_conll(str(corpus_dir / "train.conll"))
+    assert label_names == LabelVocab.from_tags(train).names
     results["examples_encoded_differently"] = same_token_ids(checkpoint, corpus_dir, label_names, args.max_length)
 
     log.info("training the PyTorch reference from %s", checkpoint)

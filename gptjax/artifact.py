@@ -35,6 +35,7 @@ from gptjax.errors import CheckpointError, ConfigError
 from gptjax.hf import CONFIG, from_pretrained, resolve_checkpoint, save_pretrained
 from gptjax.model import GPT2Config, init_model
 from gptjax.partition import FULL, adapt, check_base, checksum, config_partition
+from gptjax.tokenizer import load_run_tokenizer, tokenizer_fingerprint
 
 log = logging.getLogger("gptjax")
 
@@ -69,12 +70,6 @@ def data_fingerprint(splits: dict[str, list]) -> dict[str, dict]:
             h.update(json.dumps(ex.content(), ensure_ascii=False).encode("utf-8") + b"\n")
         out[name] = {"examples": len(examples), "sha256": h.hexdigest()}
     return out
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def check_same_data(saved: dict, current: dict, workdir) -> None:
@@ -312,7 +307,7 @@ def _load_workdir(workdir: epath.Path, which: str, overrides: dict) -> Trained:
                                   f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
         check_base(run.get("base"), checksum(frozen), workdir / BASE_DIR)
     task = tasks.get(run["task"])
-    tokenizer = load_tokenizer(workdir / TOKENIZER_DIR, task.prefix_space)
+    tokenizer = load_run_tokenizer(workdir / TOKENIZER_DIR, task.prefix_space)
     if run.get("tokenizer") not in (None, tokenizer_fingerprint(tokenizer)):
         raise CheckpointError(f"{workdir / TOKENIZER_DIR}: not the tokenizer the run trained with (its fingerprint "
                               f"differs from {RUN_FILE}'s); restore the run's own tokenizer/")
@@ -367,17 +362,6 @@ def _restore_trainable(workdir, which: str, target, config):
         checkpoints.close()
 
 
-def load_tokenizer(directory, add_prefix_space: bool = True):
-    """A saved tokenizer, with the task's add_prefix_space (tasks.Task.prefix_space)."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(directory), add_prefix_space=add_prefix_space)
-    except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a bad directory
-        raise CheckpointError(f"{directory}: the tokenizer cannot be loaded ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]})") from None
-
-
 def load_export(model_dir, overrides: dict | None = None, *, head: str | None = None) -> Trained:
     """An exported Hugging Face directory: config.json names the task (by its architecture) and
     the labels; the run's config, if the export carries one, sets lengths and batch sizes."""
@@ -406,5 +390,5 @@ def load_export(model_dir, overrides: dict | None = None, *, head: str | None = 
     graphdef, params = steps_lib.place_params(model, mesh)
     _check_max_length(config, graphdef, params)
     steps = steps_lib.inference_steps(graphdef, FULL, mesh, params, None)
-    return Trained(config, task, labels, load_tokenizer(model_dir, task.prefix_space), steps, str(model_dir),
+    return Trained(config, task, labels, load_run_tokenizer(model_dir, task.prefix_space), steps, str(model_dir),
                    str(model_dir))

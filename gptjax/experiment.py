@@ -16,12 +16,17 @@ from typing import Any
 from urllib.parse import urlparse
 
 
-from gptjax import artifact, data, lm_data, partition, synthetic, tasks
+from gptjax import artifact, partition, tasks
 from gptjax.checkpoint import check_compatible
 from gptjax.config import check_generation
-from gptjax.errors import CheckpointError, ConfigError, SetupError
+from gptjax.data.batching import buckets_for
+from gptjax.data.encode import EncodedSplit, pad_token_id
+from gptjax.data.examples import CompletionExample
+from gptjax.data.labels import IGNORE_INDEX, LabelVocab
+from gptjax.errors import CheckpointError, ConfigError, DataError, SetupError
 from gptjax.hf import from_pretrained, resolve_checkpoint
 from gptjax.model import GPT2, GPT2Config, init_model
+from gptjax.tokenizer import load_run_tokenizer, load_tokenizer, tokenizer_fingerprint, train_tokenizer
 
 log = logging.getLogger("gptjax")
 OFFLINE_HINT = (
@@ -65,9 +70,9 @@ def use_cache_only_if_hub_unreachable(timeout: float = 3.0) -> None:
 class Experiment:
     config: Any
     task: tasks.Task
-    vocab: data.LabelVocab
+    vocab: LabelVocab
     tokenizer: Any
-    encoded: dict[str, data.EncodedSplit]
+    encoded: dict[str, EncodedSplit]
     buckets: tuple[int, ...]
     pad_id: int
     model: GPT2 | None = None
@@ -103,7 +108,7 @@ def _load_splits(config, source: str, names) -> dict[str, list]:
     task = tasks.get(config.task)
     try:
         splits = task.load_splits(source, cfg, names)
-    except data.DataError:
+    except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds when the hub is out of reach
         raise SetupError(f"data.source={source!r}: could not load it ({type(e).__name__}: {e}).\n{OFFLINE_HINT}") from e
@@ -113,17 +118,15 @@ def _load_splits(config, source: str, names) -> dict[str, list]:
     return splits
 
 
-def load_tokenizer(config, train_examples, model_dir: Path | None):
+def tokenizer_for(config, train_examples, model_dir: Path | None):
     """The tokenizer: trained on the train split, named in the config, or the checkpoint's own."""
     cfg = config.tokenizer
     task = tasks.get(config.task)
     if cfg.name_or_path == "train":
-        return synthetic.train_tokenizer(task.texts(train_examples), cfg.vocab_size, task.prefix_space)
-    from transformers import AutoTokenizer
-
+        return train_tokenizer(task.texts(train_examples), cfg.vocab_size, task.prefix_space)
     name = cfg.name_or_path or str(model_dir or config.model.name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(name, add_prefix_space=task.prefix_space)
+        return load_tokenizer(name, task.prefix_space)
     except Exception as e:  # noqa: BLE001
         raise SetupError(f"tokenizer {name!r}: could not load it ({type(e).__name__}: {e}).\n{OFFLINE_HINT}") from e
 
@@ -136,7 +139,7 @@ def model_overrides(config) -> dict:
     return changes
 
 
-def build_model(config, vocab: data.LabelVocab, tokenizer, model_dir: Path | None) -> GPT2:
+def build_model(config, vocab: LabelVocab, tokenizer, model_dir: Path | None) -> GPT2:
     cfg = config.model
     head = tasks.get(config.task).head
     if cfg.init == "scratch":
@@ -170,7 +173,7 @@ def checkpoint_dir(config) -> Path | None:
         raise SetupError(f"model.name_or_path: {e}\n{OFFLINE_HINT}") from e
 
 
-def encode(config, splits, tokenizer, vocab) -> dict[str, data.EncodedSplit]:
+def encode(config, splits, tokenizer, vocab) -> dict[str, EncodedSplit]:
     """Every split tokenised, with labels aligned, as training and evaluation read them."""
     task = tasks.get(config.task)
     return {name: task.encode(examples, tokenizer, vocab, config.data) for name, examples in splits.items()}
@@ -203,23 +206,23 @@ def prepare(config, workdir) -> Experiment:
         check_compatible(saved, config, vocab.names, workdir / artifact.RUN_FILE)
     splits = task.check_labels(splits, vocab, config.data.unknown_label)
     if saved is not None and config.tokenizer.name_or_path == "train":
-        tokenizer = artifact.load_tokenizer(workdir / artifact.TOKENIZER_DIR, task.prefix_space)
+        tokenizer = load_run_tokenizer(workdir / artifact.TOKENIZER_DIR, task.prefix_space)
     else:
-        tokenizer = load_tokenizer(config, splits["train"], pretrained)
-    if saved is not None and artifact.tokenizer_fingerprint(tokenizer) != saved["tokenizer"]:
+        tokenizer = tokenizer_for(config, splits["train"], pretrained)
+    if saved is not None and tokenizer_fingerprint(tokenizer) != saved["tokenizer"]:
         raise ConfigError(f"{workdir}: tokenizer {config.tokenizer.name_or_path or config.model.name_or_path!r} is "
                           "not the one the run started with; resume needs the same tokenizer (or a new --workdir)")
     model = build_model(config, vocab, tokenizer, pretrained)
     if config.data.max_length > model.config.n_positions:
         raise ConfigError(f"data.max_length={config.data.max_length} exceeds the model's n_positions={model.config.n_positions}")
-    if any(isinstance(ex, lm_data.CompletionExample) for ex in splits["validation"][:1]):
+    if any(isinstance(ex, CompletionExample) for ex in splits["validation"][:1]):
         check_generation(config, model.config.n_positions)  # validation scores greedy completions
     encoded = encode(config, splits, tokenizer, vocab)
     for name, split in encoded.items():
         log.info("%s: %d rows, %d truncated to %d tokens", name, len(split), split.num_truncated, config.data.max_length)
     train = encoded["train"]
-    if train.per_token and not any((labels != data.IGNORE_INDEX).any() for labels in train.labels):
-        raise data.DataError(f"the train split has no labelled token left within data.max_length="
-                             f"{config.data.max_length} (truncation cut every label away); raise data.max_length")
-    buckets = data.make_buckets(config.data.max_length, tuple(config.data.buckets))
-    return Experiment(config, task, vocab, tokenizer, encoded, buckets, data.pad_token_id(tokenizer), model, fingerprint)
+    if train.per_token and not any((labels != IGNORE_INDEX).any() for labels in train.labels):
+        raise DataError(f"the train split has no labelled token left within data.max_length="
+                        f"{config.data.max_length} (truncation cut every label away); raise data.max_length")
+    return Experiment(config, task, vocab, tokenizer, encoded, buckets_for(config.data), pad_token_id(tokenizer), model,
+                      fingerprint)

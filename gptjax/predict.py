@@ -20,7 +20,7 @@ flagged `truncated`; its words beyond get the tag O, as evaluation scores them. 
 line gives empty words and entities, or a null label. Bytes that are not UTF-8 are replaced (U+FFFD)
 with a warning naming the line.
 
-Lines go through the pipeline evaluation uses (gptjax.data encoding, bucketed batches of
+Lines go through the pipeline evaluation uses (gptjax/data/encode.py, bucketed batches of
 train.eval_batch_size, the jitted predict step), a chunk of lines at a time, so any input size
 streams through a few compiled shapes.
 """
@@ -43,7 +43,11 @@ import jax
 import numpy as np
 from seqeval.scheme import IOB2, Entities
 
-from gptjax import data, evaluation, sharding, workdir as wd
+from gptjax import evaluation, sharding, workdir as wd
+from gptjax.data.batching import buckets_for, epoch_batches
+from gptjax.data.encode import EncodedSplit, encode_sequence_split, encode_token_split, pad_token_id
+from gptjax.data.examples import SequenceExample, TokenExample
+from gptjax.data.labels import LabelVocab
 from gptjax.errors import ConfigError
 
 log = logging.getLogger("gptjax")
@@ -113,10 +117,10 @@ class Predictor:
             raise ConfigError(f"a Predictor does not apply to a {self.task.name} model: it writes text "
                               "(--mode=predict and --mode=generate continue each line with gptjax/text_generation.py)")
         self.max_length = t.config.data.max_length
-        self.buckets = data.make_buckets(self.max_length, tuple(t.config.data.buckets))
+        self.buckets = buckets_for(t.config.data)
         self.batch_size = t.config.train.eval_batch_size
-        self.pad_id = data.pad_token_id(self.tokenizer)
-        self.vocab = data.LabelVocab(self.labels)
+        self.pad_id = pad_token_id(self.tokenizer)
+        self.vocab = LabelVocab(self.labels)
         self.num_truncated = 0  # lines cut at max_length so far
         # Sequence tasks also want the softmax beside the class ids (steps.predict, evaluation's).
         self.probabilities_step = make_predict_step(self.steps.graphdef, self.steps.partition, probabilities=True)
@@ -133,7 +137,7 @@ class Predictor:
         """One output object per line (see the module docstring)."""
         return self.task.predict(self, lines, numbers or list(range(1, len(lines) + 1)))
 
-    def truncate(self, encoded: data.EncodedSplit, numbers: list[int]) -> tuple[data.EncodedSplit, list[bool]]:
+    def truncate(self, encoded: EncodedSplit, numbers: list[int]) -> tuple[EncodedSplit, list[bool]]:
         """Cuts examples to max_length as encoding for training does, but knowing which were cut."""
         cut = [len(ids) > self.max_length for ids in encoded.input_ids]
         for n, flag in zip(numbers, cut):
@@ -144,11 +148,11 @@ class Predictor:
                                 "truncated)", n, self.max_length)
         trim = lambda arrays: None if arrays is None else [a[: self.max_length] for a in arrays]  # noqa: E731
         labels = trim(encoded.labels) if encoded.per_token else encoded.labels
-        return data.EncodedSplit(encoded.per_token, trim(encoded.input_ids), labels, trim(encoded.word_index),
+        return EncodedSplit(encoded.per_token, trim(encoded.input_ids), labels, trim(encoded.word_index),
                                  sum(cut), encoded.examples), cut
 
     def batches(self, encoded):
-        return data.epoch_batches(encoded, self.batch_size, buckets=self.buckets, pad_id=self.pad_id)
+        return epoch_batches(encoded, self.batch_size, buckets=self.buckets, pad_id=self.pad_id)
 
     def summary(self, count: int) -> str:
         return f"predicted {count} lines; {self.num_truncated} longer than data.max_length={self.max_length} tokens were cut"
@@ -176,8 +180,8 @@ def predict_tags(predictor: Predictor, lines: list[str], numbers: list[int]) -> 
     words = [split_words(line) for line in lines]
     kept = [i for i, w in enumerate(words) if w]
     filler = "O" if "O" in p.vocab.label2id else p.labels[0]  # encoding wants some gold tag
-    examples = [data.TokenExample(tuple(w for w, _, _ in words[i]), (filler,) * len(words[i])) for i in kept]
-    encoded = data.encode_token_split(examples, p.tokenizer, p.vocab, max_length=2**62)
+    examples = [TokenExample(tuple(w for w, _, _ in words[i]), (filler,) * len(words[i])) for i in kept]
+    encoded = encode_token_split(examples, p.tokenizer, p.vocab, max_length=2**62)
     encoded, cut = p.truncate(encoded, [numbers[i] for i in kept])
     tags = evaluation.TokenEvaluator(examples, p.labels).predict(p.run, p.batches(encoded)) if kept else []
     out = [{"line": n, "text": line, "words": [], "offsets": [], "tags": [], "truncated": False}
@@ -203,8 +207,8 @@ def predict_label(predictor: Predictor, lines: list[str], numbers: list[int]) ->
     """A sequence task's output: each line's class and the probabilities of all of them."""
     p = predictor
     kept = [i for i, line in enumerate(lines) if line.strip()]
-    examples = [data.SequenceExample(lines[i], p.labels[0]) for i in kept]
-    encoded = data.encode_sequence_split(examples, p.tokenizer, p.vocab, max_length=2**62)
+    examples = [SequenceExample(lines[i], p.labels[0]) for i in kept]
+    encoded = encode_sequence_split(examples, p.tokenizer, p.vocab, max_length=2**62)
     encoded, cut = p.truncate(encoded, [numbers[i] for i in kept])
     ids = np.full(len(kept), -1, np.int64)
     probs = np.zeros((len(kept), len(p.labels)), np.float32)

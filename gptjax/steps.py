@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 
 from gptjax import sharding
-from gptjax.data import IGNORE_INDEX
+from gptjax.data.labels import IGNORE_INDEX
 from gptjax.errors import ConfigError
 from gptjax.partition import FULL, Partition, config_partition
 
@@ -102,7 +102,7 @@ def token_nll(logits, labels):
 
 def masked_cross_entropy(logits, labels):
     """(sum of the cross-entropy over labelled positions, their count); -100 counts in neither.
-    Every task's loss: a causal LM's labels are already the next tokens (gptjax/lm_data.py)."""
+    Every task's loss: a causal LM's labels are already the next tokens (gptjax/data/encode.py)."""
     losses, valid = token_nll(logits, labels)
     return jnp.sum(losses), jnp.sum(valid)
 

@@ -4,7 +4,7 @@
 The rest of gptjax looks a task up by name (config.task, or the task run.json records) and uses
 its fields; no other module asks which task it is. The loss is every task's masked cross-entropy
 of the head's logits against the batch labels (gptjax/steps.py): a task defines it through its
-labels, which for causal_lm are the next tokens (shifted in gptjax/lm_data.py).
+labels, which for causal_lm are the next tokens (shifted in gptjax/data/encode.py).
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
 
-from gptjax import data, evaluation, lm_data, predict, synthetic
+from gptjax import evaluation, predict
 from gptjax.config import base_config
-from gptjax.data import EncodedSplit, LabelVocab
+from gptjax.data import encode, readers, synthetic
+from gptjax.data.encode import EncodedSplit
+from gptjax.data.examples import CompletionExample, lm_texts, word_texts
+from gptjax.data.labels import LabelVocab, check_iob2, check_sequence_labels, check_token_labels, name_labels
 from gptjax.errors import ConfigError
 from gptjax.hf import ARCHITECTURES, HEAD_MODULE
 
@@ -66,10 +69,10 @@ class Task:
         return ARCHITECTURES[self.head]
 
     def load_splits(self, source: str, data_config: DataConfig | None = None,
-                    splits: Sequence[str] = data.SPLITS) -> dict[str, list]:
+                    splits: Sequence[str] = readers.SPLITS) -> dict[str, list]:
         """{split: examples} of a local directory or a hub dataset, as this task reads them."""
         cfg = base_config().data if data_config is None else data_config
-        return data.load_splits(source, extensions=self.extensions, read_file=lambda path: self.read_file(path, cfg),
+        return readers.load_splits(source, extensions=self.extensions, read_file=lambda path: self.read_file(path, cfg),
                                 read_hub=lambda ds, where: self.read_hub(ds, where, cfg), hub_config=cfg.hub_config,
                                 splits=splits)
 
@@ -95,18 +98,18 @@ class Task:
 
 def _named(splits: dict, cfg: DataConfig) -> dict:
     """Integer label ids named by data.label_names, if given."""
-    return data.name_labels(splits, tuple(cfg.label_names)) if cfg.label_names else splits
+    return name_labels(splits, tuple(cfg.label_names)) if cfg.label_names else splits
 
 
 def _checked_tags(splits: dict, cfg: DataConfig) -> dict:
     splits = _named(splits, cfg)
-    data.check_iob2(splits)
+    check_iob2(splits)
     return splits
 
 
 def _lm_evaluator(encoded: EncodedSplit, labels, completions_fn) -> evaluation.CausalLMEvaluator:
     pairs = None
-    if encoded.examples and isinstance(encoded.examples[0], lm_data.CompletionExample):
+    if encoded.examples and isinstance(encoded.examples[0], CompletionExample):
         pairs = [(ex.prompt, ex.completion) for ex in encoded.examples]
     return evaluation.CausalLMEvaluator(len(encoded), pairs, completions_fn)
 
@@ -117,15 +120,15 @@ def _write_ner_corpus(seed: int, sizes: Sequence[int], directory: str) -> None:
 
 TOKEN = Task(
     name="token", head="token_classification", primary_metric="f1", higher_is_better=True,  # strict IOB2 entity F1
-    extensions=data.CONLL_EXTS + data.JSONL_EXTS,
-    read_file=lambda path, cfg: data.read_token_file(path, cfg.iob1_to_iob2),
-    read_hub=lambda ds, where, cfg: data.token_examples_from_hf(ds, where, iob1_to_iob2=cfg.iob1_to_iob2,
-                                                                label_column=cfg.label_column),
+    extensions=readers.CONLL_EXTS + readers.JSONL_EXTS,
+    read_file=lambda path, cfg: readers.read_token_file(path, cfg.iob1_to_iob2),
+    read_hub=lambda ds, where, cfg: readers.token_examples_from_hf(ds, where, iob1_to_iob2=cfg.iob1_to_iob2,
+                                                                   label_column=cfg.label_column),
     check=_checked_tags, synthetic=_write_ner_corpus,
-    vocab=LabelVocab.from_tags, check_labels=data.check_token_labels,
+    vocab=LabelVocab.from_tags, check_labels=check_token_labels,
     prefix_space=True,  # words arrive pre-split, and GPT-2 encodes a word differently without a space
-    texts=synthetic.corpus_texts,
-    encode=lambda examples, tokenizer, vocab, cfg: data.encode_token_split(
+    texts=word_texts,
+    encode=lambda examples, tokenizer, vocab, cfg: encode.encode_token_split(
         examples, tokenizer, vocab, cfg.max_length, cfg.label_all_subwords),
     per_token=True,
     scores_from=attrgetter("predict"),
@@ -145,15 +148,15 @@ TAGGING = dataclasses.replace(
 SEQUENCE = Task(
     # Macro F1: unlike accuracy, it does not reward predicting the majority class.
     name="sequence", head="sequence_classification", primary_metric="f1", higher_is_better=True,
-    extensions=data.JSONL_EXTS + data.TABLE_EXTS,
-    read_file=lambda path, cfg: data.read_sequence_file(path, cfg.text_column, cfg.label_column or "label"),
-    read_hub=lambda ds, where, cfg: data.sequence_examples_from_hf(ds, where, text_column=cfg.text_column,
-                                                                   label_column=cfg.label_column),
+    extensions=readers.JSONL_EXTS + readers.TABLE_EXTS,
+    read_file=lambda path, cfg: readers.read_sequence_file(path, cfg.text_column, cfg.label_column or "label"),
+    read_hub=lambda ds, where, cfg: readers.sequence_examples_from_hf(ds, where, text_column=cfg.text_column,
+                                                                      label_column=cfg.label_column),
     check=_named, synthetic=None,
-    vocab=LabelVocab.from_classes, check_labels=data.check_sequence_labels,
+    vocab=LabelVocab.from_classes, check_labels=check_sequence_labels,
     prefix_space=True,
     texts=lambda examples: [ex.text for ex in examples],
-    encode=lambda examples, tokenizer, vocab, cfg: data.encode_sequence_split(examples, tokenizer, vocab, cfg.max_length),
+    encode=lambda examples, tokenizer, vocab, cfg: encode.encode_sequence_split(examples, tokenizer, vocab, cfg.max_length),
     per_token=False,
     scores_from=attrgetter("predict"),
     evaluator=lambda encoded, labels, completions_fn: evaluation.SequenceEvaluator(encoded.examples, labels),
@@ -163,14 +166,14 @@ SEQUENCE = Task(
 
 CAUSAL_LM = Task(
     name="causal_lm", head="causal_lm", primary_metric="loss", higher_is_better=False,  # token-weighted NLL
-    extensions=lm_data.EXTENSIONS,  # .txt here is plain text, one document a line, not CoNLL
-    read_file=lambda path, cfg: lm_data.read_lm_file(path, cfg.text_column),
-    read_hub=lambda ds, where, cfg: lm_data.lm_examples_from_hf(ds, where, text_column=cfg.text_column),
-    check=lambda splits, cfg: lm_data.same_kind(splits), synthetic=synthetic.write_lm_corpus,
+    extensions=readers.LM_EXTS,  # .txt here is plain text, one document a line, not CoNLL
+    read_file=lambda path, cfg: readers.read_lm_file(path, cfg.text_column),
+    read_hub=lambda ds, where, cfg: readers.lm_examples_from_hf(ds, where, text_column=cfg.text_column),
+    check=lambda splits, cfg: readers.same_kind(splits), synthetic=synthetic.write_lm_corpus,
     vocab=lambda examples: LabelVocab([]), check_labels=lambda splits, vocab, policy: splits,
     prefix_space=False,  # text keeps its own spacing, as GPT-2 was trained and generates
-    texts=lm_data.texts,
-    encode=lambda examples, tokenizer, vocab, cfg: lm_data.encode_lm_split(examples, tokenizer, cfg.max_length),
+    texts=lm_texts,
+    encode=lambda examples, tokenizer, vocab, cfg: encode.encode_lm_split(examples, tokenizer, cfg.max_length),
     per_token=True,
     scores_from=attrgetter("nll"),
     evaluator=_lm_evaluator,

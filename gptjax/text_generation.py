@@ -12,6 +12,7 @@ import logging
 
 from gptjax.config import check_generation
 from gptjax.errors import ConfigError
+from gptjax.tokenizer import load_tokenizer
 
 log = logging.getLogger("gptjax")
 CHUNK_BATCHES = 4  # prompts are read and decoded this many batches at a time
@@ -21,8 +22,6 @@ class TextGenerator:
     """A trained (or exported, or hub) causal-LM model with its tokenizer, ready for prompts."""
 
     def __init__(self, trained):
-        from transformers import AutoTokenizer
-
         from gptjax.decoding import Generator
 
         if trained.task.head != "causal_lm":
@@ -32,7 +31,7 @@ class TextGenerator:
         model = trained.steps.model()
         check_generation(trained.config, model.config.n_positions)
         # Prompts are text as written: no space added before them (classification runs add one).
-        tokenizer = AutoTokenizer.from_pretrained(trained.tokenizer_dir)
+        tokenizer = load_tokenizer(trained.tokenizer_dir)
         self.generator = Generator(model, tokenizer, mesh=trained.steps.mesh, batch_size=self.settings.batch_size)
         self.num_truncated = 0
 

@@ -13,7 +13,8 @@ import jax
 from gptjax import artifact, evaluation, partition, sharding, tasks, workdir as wd
 from gptjax.checkpoint import Checkpoints, Preempted, PreemptionGuard, abstract_like, check_compatible, config_json
 from gptjax.config import check_platform, validate
-from gptjax.data import EncodedSplit, epoch_batches, num_batches, pad_token_id
+from gptjax.data.batching import buckets_for, epoch_batches, num_batches
+from gptjax.data.encode import EncodedSplit, pad_token_id
 from gptjax.errors import ConfigError
 from gptjax.experiment import prepare
 from gptjax.reporting import Reporter
@@ -30,7 +31,7 @@ def evaluate_encoded(task: tasks.Task, encoded: EncodedSplit, labels, steps, con
     """Metrics of one encoded split through the shared evaluation module; every example counted.
     `params`: what trains, if not the steps' own (the best model's, say)."""
     evaluator = task.evaluator(encoded, labels, completions_fn(steps, tokenizer, config, params))
-    batches = epoch_batches(encoded, config.train.eval_batch_size, buckets=config_buckets(config),
+    batches = epoch_batches(encoded, config.train.eval_batch_size, buckets=buckets_for(config.data),
                             pad_id=pad_token_id(tokenizer))
     rows = sharding.process_rows(config.train.eval_batch_size)
     step = task.scores_from(steps)  # class ids, or a causal LM's per-row NLL sums
@@ -52,11 +53,6 @@ def completions_fn(steps, tokenizer, config, params=None) -> evaluation.Completi
 
     return complete
 
-
-def config_buckets(config) -> tuple[int, ...]:
-    from gptjax.data import make_buckets
-
-    return make_buckets(config.data.max_length, tuple(config.data.buckets))
 
 
 def _rows(batch, rows: slice):

@@ -9,7 +9,10 @@ from __future__ import annotations
 import logging
 import os
 
-from gptjax import artifact, data, workdir as wd
+from gptjax import artifact, workdir as wd
+from gptjax.data.encode import EncodedSplit
+from gptjax.data.labels import LabelVocab
+from gptjax.errors import DataError
 from gptjax.experiment import load_data
 from gptjax.train import evaluate_encoded, scalar_metrics
 
@@ -22,20 +25,20 @@ def read_split(config, task, split: str, input_file: str | None) -> list:
     cfg = config.data
     if input_file:
         if not os.path.isfile(input_file):
-            raise data.DataError(f"--input={input_file}: no such file")
+            raise DataError(f"--input={input_file}: no such file")
         return task.check({split: task.read_file(input_file, cfg)}, cfg)[split]
     if split == "test" and cfg.test_split == "validation":
         split = "validation"
     try:
         return load_data(config, names=(split,))[split]
-    except data.DataError as e:
-        raise data.DataError(f"{e}\n(the run's data.source={cfg.source!r}; name a file to score with --input=FILE)") \
+    except DataError as e:
+        raise DataError(f"{e}\n(the run's data.source={cfg.source!r}; name a file to score with --input=FILE)") \
             from None
 
 
-def encoded_split(trained, split: str = "test", input_file: str | None = None) -> data.EncodedSplit:
+def encoded_split(trained, split: str = "test", input_file: str | None = None) -> EncodedSplit:
     """A split of the run's source (or a labelled file), encoded with the run's tokenizer and labels."""
-    config, task, vocab = trained.config, trained.task, data.LabelVocab(trained.labels)
+    config, task, vocab = trained.config, trained.task, LabelVocab(trained.labels)
     examples = read_split(config, task, split, input_file)
     examples = task.check_labels({split: examples}, vocab, config.data.unknown_label)[split]
     return task.encode(examples, trained.tokenizer, vocab, config.data)

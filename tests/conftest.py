@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run.py lives at the top
 
-from gptjax import synthetic  # noqa: E402
+from gptjax.data import synthetic  # noqa: E402
 from gptjax.config import apply_overrides, load_config  # noqa: E402
 
 POSITIVE = ["good", "great", "lovely", "fine", "superb", "happy"]
@@ -101,15 +101,16 @@ def tiny_config(task, source, **overrides):
 
 def evaluation_predictions(workdir, split="test"):
     """(trained, the split encoded, what evaluation predicts for it): the reference for predict."""
-    from gptjax import artifact, data, sharding
-    from gptjax.train import config_buckets
+    from gptjax import artifact, sharding
+    from gptjax.data.batching import buckets_for, epoch_batches
+    from gptjax.data.encode import pad_token_id
     from gptjax.workdir_modes import encoded_split
 
     trained = artifact.load(workdir)
     encoded = encoded_split(trained, split)
     evaluator = trained.task.evaluator(encoded, trained.labels, None)
-    batches = data.epoch_batches(encoded, trained.config.train.eval_batch_size, buckets=config_buckets(trained.config),
-                                 pad_id=data.pad_token_id(trained.tokenizer))
+    batches = epoch_batches(encoded, trained.config.train.eval_batch_size, buckets=buckets_for(trained.config.data),
+                            pad_id=pad_token_id(trained.tokenizer))
     mesh = trained.steps.mesh
     return trained, encoded, evaluator.predict(lambda b: np.asarray(trained.steps.predict(sharding.put_batch(b, mesh))),
                                                batches)

@@ -104,14 +104,16 @@ def test_resume_refuses_changed_data_and_tokenizer(small_ner, tmp_path):
 
 
 def test_resume_refuses_a_changed_tokenizer(small_ner, tmp_path):
-    from gptjax import synthetic
+    from gptjax.data import synthetic
+    from gptjax.data.examples import word_texts
+    from gptjax.tokenizer import train_tokenizer
     from gptjax.errors import ConfigError
 
-    texts = synthetic.corpus_texts(synthetic.make_ner_corpus(seed=3, sizes=(192, 1, 1))["train"])
-    synthetic.train_tokenizer(texts, vocab_size=400).save_pretrained(tmp_path / "tok")
+    texts = word_texts(synthetic.make_ner_corpus(seed=3, sizes=(192, 1, 1))["train"])
+    train_tokenizer(texts, vocab_size=400).save_pretrained(tmp_path / "tok")
     config = tiny_config("token", small_ner, **{"tokenizer.name_or_path": tmp_path / "tok", "train.max_steps": 4})
     train_and_evaluate(config, str(tmp_path / "run"))
-    synthetic.train_tokenizer(texts[:50], vocab_size=400).save_pretrained(tmp_path / "tok")
+    train_tokenizer(texts[:50], vocab_size=400).save_pretrained(tmp_path / "tok")
     with pytest.raises(ConfigError, match="tokenizer .*tok' is not the one the run started with"):
         train_and_evaluate(config, str(tmp_path / "run"))
 
@@ -341,11 +343,12 @@ def test_workdir_files_on_a_cloud_path(fake_gcs, trained_run):
     reporter = Reporter(remote, 10)
     reporter.eval_line(3, "validation", 0, {"f1": 0.5})
     reporter.close()
-    from gptjax.artifact import export, load_tokenizer
+    from gptjax.artifact import export
+    from gptjax.tokenizer import load_run_tokenizer
 
     with wd.lock(remote):
         export(__import__("gptjax").from_pretrained(str(workdir / "export"), "token_classification"),
-               load_tokenizer(workdir / "tokenizer"), remote / "export")
+               load_run_tokenizer(workdir / "tokenizer"), remote / "export")
     assert not Path("gs:").exists() and not (ROOT / "gs:").exists()  # nothing landed in a local folder named gs:
     assert wd.read_json(remote / "results.json") == {"f1": 0.5}
     assert [l["split"] for l in read_metrics(remote / "metrics.jsonl")] == ["validation"]

@@ -1,4 +1,4 @@
-"""Tests for gptjax.data: readers, label checks, alignment, bucketing and batching (no network)."""
+"""Tests for gptjax/data: readers, label checks, encoding (alignment), bucketing and batching (no network)."""
 
 import json
 import logging
@@ -7,10 +7,13 @@ import os
 import numpy as np
 import pytest
 
-from gptjax import data, tasks
-from gptjax.data import LabelVocab, SequenceExample, TokenExample
+from gptjax import tasks
+from gptjax.config import base_config
+from gptjax.data import batching, encode, labels, readers
+from gptjax.data.examples import SequenceExample, TokenExample
+from gptjax.data.labels import LabelVocab
 from gptjax.errors import DataError
-from gptjax.synthetic import train_tokenizer
+from gptjax.tokenizer import train_tokenizer
 
 # Enough text for a BPE with merges, too little for long or rare words to be one token.
 TEXTS = [
@@ -51,7 +54,7 @@ BRUSSELS NNP B-NP B-LOC
 
 def test_read_conll_docstart_blank_lines_and_columns(tmp_path):
     path = write(tmp_path, "train.conll", CONLL)
-    examples = data.read_conll(path)
+    examples = readers.read_conll(path)
     assert examples == [
         TokenExample(("EU", "rejects", "German", "call"), ("B-ORG", "O", "B-MISC", "O")),
         TokenExample(("Peter", "Blackburn"), ("B-PER", "I-PER")),
@@ -64,37 +67,37 @@ def test_read_conll_docstart_blank_lines_and_columns(tmp_path):
 
 
 def test_iob1_to_iob2(tmp_path):
-    assert data.convert_iob1_to_iob2(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG", "I-MISC"]) == (
+    assert labels.convert_iob1_to_iob2(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG", "I-MISC"]) == (
         "B-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-ORG", "B-MISC")
     path = write(tmp_path, "t.conll", "a I-ORG\nb I-ORG\nc O\nd I-PER\n\ne I-LOC\n")
-    assert [ex.tags for ex in data.read_conll(path, iob1_to_iob2=True)] == [
+    assert [ex.tags for ex in readers.read_conll(path, iob1_to_iob2=True)] == [
         ("B-ORG", "I-ORG", "O", "B-PER"), ("B-LOC",)]
-    assert data.read_conll(path)[0].tags[0] == "I-ORG"  # only on request
+    assert readers.read_conll(path)[0].tags[0] == "I-ORG"  # only on request
 
 
 def test_conll_column_count_mismatch_names_file_and_line(tmp_path):
     path = write(tmp_path, "bad.conll", "a X B-PER\nb X O\n\nc O\n")
     with pytest.raises(DataError, match=r"bad\.conll, line 4: expected 3 columns.*found 2"):
-        data.read_conll(path)
+        readers.read_conll(path)
 
 
 def test_conll_single_column_rejected(tmp_path):
     path = write(tmp_path, "one.conll", "\n\nword\n")
     with pytest.raises(DataError, match=r"one\.conll, line 3"):
-        data.read_conll(path)
+        readers.read_conll(path)
 
 
 def test_not_utf8_names_file_line_and_byte(tmp_path):
     path = tmp_path / "latin.conll"
     path.write_bytes(b"a O\nb O\nM\xfcnchen B-LOC\n")
     with pytest.raises(DataError, match=r"latin\.conll, line 3: not valid UTF-8 \(byte offset 9, column 2"):
-        data.read_conll(str(path))
+        readers.read_conll(str(path))
 
 
 def test_empty_split_is_an_error(tmp_path):
     path = write(tmp_path, "empty.conll", "-DOCSTART- O\n\n\n")
     with pytest.raises(DataError, match=r"empty\.conll: no sentences found \(empty split\)"):
-        data.read_conll(path)
+        readers.read_conll(path)
 
 
 # ----------------------------------------------------------------------------- JSONL
@@ -103,7 +106,7 @@ def test_empty_split_is_an_error(tmp_path):
 def test_read_token_jsonl(tmp_path):
     path = write(tmp_path, "t.jsonl", '{"tokens": ["a", "b"], "tags": ["B-X", "I-X"]}\n\n'
                                       '{"tokens": ["c"], "ner_tags": ["O"]}\n')
-    examples = data.read_token_jsonl(path)
+    examples = readers.read_token_jsonl(path)
     assert examples == [TokenExample(("a", "b"), ("B-X", "I-X")), TokenExample(("c",), ("O",))]
     assert examples[1].where() == f"{path}, line 3"
 
@@ -118,7 +121,7 @@ def test_read_token_jsonl(tmp_path):
 def test_token_jsonl_errors_name_file_and_line(tmp_path, line, message):
     path = write(tmp_path, "dev.jsonl", '{"tokens": ["x"], "tags": ["O"]}\n' + line + "\n")
     with pytest.raises(DataError) as err:
-        data.read_token_jsonl(path)
+        readers.read_token_jsonl(path)
     assert "dev.jsonl" in str(err.value) and message in str(err.value)
 
 
@@ -127,7 +130,7 @@ def test_token_jsonl_errors_name_file_and_line(tmp_path, line, message):
 
 def test_read_csv_with_quoted_multiline_field(tmp_path):
     path = write(tmp_path, "train.csv", 'text,label\n"hello, world",pos\n"two\nlines",neg\n\nlast one,pos\n')
-    examples = data.read_sequence_file(path)
+    examples = readers.read_sequence_file(path)
     assert examples == [SequenceExample("hello, world", "pos"), SequenceExample("two\nlines", "neg"),
                         SequenceExample("last one", "pos")]
     assert [ex.line for ex in examples] == [2, 3, 6]
@@ -135,11 +138,11 @@ def test_read_csv_with_quoted_multiline_field(tmp_path):
 
 def test_read_tsv_and_jsonl_sequence(tmp_path):
     tsv = write(tmp_path, "a.tsv", "sentence\tlabel\tid\nit is good\t1\t7\nbad\t0\t8\n")
-    assert data.read_sequence_file(tsv) == [SequenceExample("it is good", "1"), SequenceExample("bad", "0")]
+    assert readers.read_sequence_file(tsv) == [SequenceExample("it is good", "1"), SequenceExample("bad", "0")]
     js = write(tmp_path, "a.jsonl", '{"text": "fine", "label": 2}\n{"text": "ok", "label": "x"}\n')
-    assert data.read_sequence_file(js) == [SequenceExample("fine", "2"), SequenceExample("ok", "x")]
+    assert readers.read_sequence_file(js) == [SequenceExample("fine", "2"), SequenceExample("ok", "x")]
     custom = write(tmp_path, "c.jsonl", '{"review": "fine", "text": "no", "label": 1}\n')
-    assert data.read_sequence_file(custom, text_column="review")[0].text == "fine"
+    assert readers.read_sequence_file(custom, text_column="review")[0].text == "fine"
 
 
 @pytest.mark.parametrize("text, message", [
@@ -151,17 +154,17 @@ def test_read_tsv_and_jsonl_sequence(tmp_path):
 def test_csv_errors_name_file_and_line(tmp_path, text, message):
     path = write(tmp_path, "valid.csv", text)
     with pytest.raises(DataError) as err:
-        data.read_sequence_file(path)
+        readers.read_sequence_file(path)
     assert "valid.csv" in str(err.value) and message in str(err.value)
 
 
 def test_sequence_jsonl_errors(tmp_path):
     path = write(tmp_path, "s.jsonl", '{"text": "a", "label": "x"}\n{"text": "b"}\n')
     with pytest.raises(DataError, match=r"s\.jsonl, line 2: missing key 'label'"):
-        data.read_sequence_file(path)
+        readers.read_sequence_file(path)
     path = write(tmp_path, "f.jsonl", '{"text": "a", "label": 1.5}\n')
     with pytest.raises(DataError, match=r"f\.jsonl, line 1: label must be"):
-        data.read_sequence_file(path)
+        readers.read_sequence_file(path)
 
 
 # ----------------------------------------------------------------------------- directories
@@ -209,7 +212,7 @@ def test_splits_from_hf_token_classlabel():
                          "ner_tags": List(ClassLabel(names=["O", "B-PER", "I-PER", "B-LOC"]))})
     rows = {"tokens": [["John", "Smith", "ran"], ["Paris"]], "ner_tags": [[1, 2, 0], [3]]}
     ds = DatasetDict({s: Dataset.from_dict(rows, features=features) for s in ("train", "validation", "test")})
-    splits = data.splits_from_hf(ds, data.token_examples_from_hf, name="org/conll")
+    splits = readers.splits_from_hf(ds, readers.token_examples_from_hf, name="org/conll")
     assert splits["train"] == [TokenExample(("John", "Smith", "ran"), ("B-PER", "I-PER", "O")),
                                TokenExample(("Paris",), ("B-LOC",))]
     assert splits["validation"][1].where() == "org/conll[validation], row 1"
@@ -224,7 +227,7 @@ def test_splits_from_hf_sequence_keeps_classlabel_order_and_skips_hidden_test():
         "validation": Dataset.from_dict({"sentence": ["fine"], "label": [0]}, features=features),
         "test": Dataset.from_dict({"sentence": ["?"], "label": [-1]}, features=features),
     })
-    splits = data.splits_from_hf(ds, data.sequence_examples_from_hf, name="glue/sst2")
+    splits = readers.splits_from_hf(ds, readers.sequence_examples_from_hf, name="glue/sst2")
     assert set(splits) == {"train", "validation"}  # labels hidden as -1: nothing to score
     assert splits["train"] == [SequenceExample("good", "positive"), SequenceExample("bad", "negative")]
     assert LabelVocab.from_classes(splits["train"]).names == ["positive", "negative"]
@@ -256,7 +259,7 @@ def test_unseen_label_error_names_file_line_and_label(tmp_path):
     splits = tasks.TOKEN.load_splits(str(tmp_path))
     vocab = LabelVocab.from_tags(splits["train"])
     with pytest.raises(DataError) as err:
-        data.check_token_labels(splits, vocab)
+        labels.check_token_labels(splits, vocab)
     msg = str(err.value)
     assert "validation.conll, line 4" in msg and "'B-ORG'" in msg and "unknown_label='error'" in msg
 
@@ -266,7 +269,7 @@ def test_unseen_label_map_to_o_logs_policy(tmp_path, caplog):
               "test": [TokenExample(("a", "b"), ("B-ORG", "B-PER"), "t.conll", 3, 1)]}
     vocab = LabelVocab.from_tags(splits["train"])
     with caplog.at_level(logging.WARNING, logger="gptjax.data"):
-        out = data.check_token_labels(splits, vocab, policy="map_to_o")
+        out = labels.check_token_labels(splits, vocab, policy="map_to_o")
     assert out["test"][0].tags == ("O", "B-PER")
     assert "map_to_o" in caplog.text and "t.conll, line 3" in caplog.text and " 1 token" in caplog.text
 
@@ -277,9 +280,9 @@ def test_unseen_sequence_label_error(tmp_path):
     splits = tasks.SEQUENCE.load_splits(str(tmp_path), splits=("train", "validation"))
     vocab = LabelVocab.from_classes(splits["train"])
     with pytest.raises(DataError, match=r"dev\.csv, line 3: label 'neutral' never appears"):
-        data.check_sequence_labels(splits, vocab)
+        labels.check_sequence_labels(splits, vocab)
     with pytest.raises(ValueError, match="token tasks only"):
-        data.check_sequence_labels(splits, vocab, policy="map_to_o")
+        labels.check_sequence_labels(splits, vocab, policy="map_to_o")
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -292,7 +295,7 @@ VOCAB = LabelVocab(["O", "B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER"])
 def test_token_encoding_matches_gpt2_prefix_space_tokenizer(tok):
     from transformers import GPT2Tokenizer
 
-    enc = data.encode_token_split([TokenExample(WORDS, TAGS)], tok, VOCAB, max_length=64)
+    enc = encode.encode_token_split([TokenExample(WORDS, TAGS)], tok, VOCAB, max_length=64)
     reference = tok([list(WORDS)], is_split_into_words=True)  # add_prefix_space=True tokenizer
     assert enc.input_ids[0].tolist() == reference["input_ids"][0]
     assert enc.input_ids[0].dtype == np.int32
@@ -301,12 +304,12 @@ def test_token_encoding_matches_gpt2_prefix_space_tokenizer(tok):
     plain = GPT2Tokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]],
                           add_prefix_space=False)
     assert plain([list(WORDS)], is_split_into_words=True)["input_ids"][0] != reference["input_ids"][0]
-    assert data.encode_token_split([TokenExample(WORDS, TAGS)], plain, VOCAB, 64).input_ids[0].tolist() \
+    assert encode.encode_token_split([TokenExample(WORDS, TAGS)], plain, VOCAB, 64).input_ids[0].tolist() \
         == reference["input_ids"][0]
 
 
 def test_labels_on_first_subword_only(tok):
-    enc = data.encode_token_split([TokenExample(WORDS, TAGS)], tok, VOCAB, max_length=64)
+    enc = encode.encode_token_split([TokenExample(WORDS, TAGS)], tok, VOCAB, max_length=64)
     word_ids = tok([list(WORDS)], is_split_into_words=True).word_ids(0)
     assert len(word_ids) > len(WORDS)  # some words really are split into several subwords
     expected_labels, expected_words = [], []
@@ -320,7 +323,7 @@ def test_labels_on_first_subword_only(tok):
 
 
 def test_label_all_subwords_uses_inside_tag_after_b(tok):
-    enc = data.encode_token_split([TokenExample(WORDS, TAGS)], tok, VOCAB, 64, label_all_subwords=True)
+    enc = encode.encode_token_split([TokenExample(WORDS, TAGS)], tok, VOCAB, 64, label_all_subwords=True)
     word_ids = tok([list(WORDS)], is_split_into_words=True).word_ids(0)
     for t, w in enumerate(word_ids):
         first = t == 0 or word_ids[t - 1] != w
@@ -335,7 +338,7 @@ def test_label_all_subwords_uses_inside_tag_after_b(tok):
 def test_truncation_counted_and_logged(tok, caplog):
     examples = [TokenExample(WORDS, TAGS), TokenExample(("the",), ("O",)), TokenExample(WORDS * 2, TAGS * 2)]
     with caplog.at_level(logging.WARNING, logger="gptjax.data"):
-        enc = data.encode_token_split(examples, tok, VOCAB, max_length=6)
+        enc = encode.encode_token_split(examples, tok, VOCAB, max_length=6)
     assert enc.num_truncated == 2
     assert enc.lengths.tolist() == [6, len(tok(" the")["input_ids"]), 6]
     assert enc.lengths[1] < 6
@@ -345,7 +348,7 @@ def test_truncation_counted_and_logged(tok, caplog):
 def test_sequence_encoding_no_special_tokens(tok):
     vocab = LabelVocab(["neg", "pos"])
     examples = [SequenceExample("John Smith lives in Paris", "pos"), SequenceExample("bad", "neg")]
-    enc = data.encode_sequence_split(examples, tok, vocab, max_length=3)
+    enc = encode.encode_sequence_split(examples, tok, vocab, max_length=3)
     assert enc.labels.tolist() == [1, 0] and enc.labels.dtype == np.int32
     assert enc.input_ids[0].tolist() == tok("John Smith lives in Paris")["input_ids"][:3]
     assert tok.eos_token_id not in enc.input_ids[1].tolist()
@@ -356,8 +359,8 @@ def test_pad_token_id_falls_back_to_eos(tok):
     class NoPad:
         pad_token_id, eos_token_id = None, 7
 
-    assert data.pad_token_id(NoPad()) == 7
-    assert data.pad_token_id(tok) == tok.pad_token_id
+    assert encode.pad_token_id(NoPad()) == 7
+    assert encode.pad_token_id(tok) == tok.pad_token_id
 
 
 # ----------------------------------------------------------------------------- batching
@@ -371,24 +374,31 @@ def fake_encoded(lengths, task="token"):
         words = [np.arange(n, dtype=np.int32) for n in lengths]
     else:
         labels, words = np.arange(len(lengths), dtype=np.int32) % 2, None
-    return data.EncodedSplit(task == "token", ids, labels, words, 0, [None] * len(lengths))
+    return encode.EncodedSplit(task == "token", ids, labels, words, 0, [None] * len(lengths))
 
 
 LENGTHS = [3, 40, 7, 64, 5, 33, 20, 1, 60, 9, 12, 50, 2, 31, 32, 17, 45, 8, 4, 6, 63, 10, 11]
 
 
+def default_buckets(max_length):
+    """The buckets of the default config's data.buckets at this max_length."""
+    cfg = base_config().data
+    cfg.max_length = max_length
+    return batching.buckets_for(cfg)
+
+
 def test_make_buckets_capped_at_max_length():
-    assert data.make_buckets(128) == (32, 64, 128)
-    assert data.make_buckets(100) == (32, 64, 100)
-    assert data.make_buckets(1024) == (32, 64, 128, 256, 512, 1024)
-    assert data.make_buckets(16, (8, 32)) == (8, 16)
+    assert default_buckets(128) == (32, 64, 128)
+    assert default_buckets(100) == (32, 64, 100)
+    assert default_buckets(1024) == (32, 64, 128, 256, 512, 1024)
+    assert batching.make_buckets(16, (8, 32)) == (8, 16)
 
 
 def test_bucket_shapes_and_contents():
     enc = fake_encoded(LENGTHS)
-    batches = data.epoch_batches(enc, 4, buckets=(16, 32, 64), pad_id=5)
+    batches = batching.epoch_batches(enc, 4, buckets=(16, 32, 64), pad_id=5)
     # Buckets hold 12, 4 and 7 examples: 3 + 1 + 2 batches.
-    assert len(batches) == data.num_batches(enc, 4, buckets=(16, 32, 64)) == 3 + 1 + 2
+    assert len(batches) == batching.num_batches(enc, 4, buckets=(16, 32, 64)) == 3 + 1 + 2
     for b in batches:
         T = b["input_ids"].shape[1]
         assert set(b) == {"input_ids", "attention_mask", "labels", "example_index", "word_index"}
@@ -413,13 +423,13 @@ def test_shuffle_deterministic_per_seed_and_epoch():
     kwargs = dict(buckets=(16, 32, 64), pad_id=0, shuffle=True)
 
     def order(**kw):
-        return [b["example_index"].tolist() for b in data.epoch_batches(enc, 4, **kwargs, **kw)]
+        return [b["example_index"].tolist() for b in batching.epoch_batches(enc, 4, **kwargs, **kw)]
 
     assert order(seed=1, epoch=0) == order(seed=1, epoch=0)
     assert order(seed=1, epoch=0) != order(seed=1, epoch=1)
     assert order(seed=1, epoch=0) != order(seed=2, epoch=0)
     assert order(seed=1, epoch=0) != [b["example_index"].tolist()
-                                       for b in data.epoch_batches(enc, 4, buckets=(16, 32, 64), pad_id=0)]
+                                       for b in batching.epoch_batches(enc, 4, buckets=(16, 32, 64), pad_id=0)]
     flat = sorted(i for batch in order(seed=1, epoch=3) for i in batch if i >= 0)
     assert flat == list(range(len(enc)))  # a permutation: every example once
 
@@ -429,7 +439,7 @@ def test_eval_batches_cover_every_example_once(task):
     enc = fake_encoded(LENGTHS, task)
     seen = []
     padding_rows = 0
-    for b in data.epoch_batches(enc, 4, buckets=(16, 32, 64), pad_id=9):
+    for b in batching.epoch_batches(enc, 4, buckets=(16, 32, 64), pad_id=9):
         assert b["input_ids"].shape[0] == 4
         for row, i in enumerate(b["example_index"]):
             if i >= 0:
@@ -448,17 +458,17 @@ def test_eval_batches_cover_every_example_once(task):
 
 def test_drop_last_drops_ragged_batches_per_bucket():
     enc = fake_encoded(LENGTHS)
-    batches = data.epoch_batches(enc, 4, buckets=(16, 32, 64), pad_id=0, shuffle=True, drop_last=True)
+    batches = batching.epoch_batches(enc, 4, buckets=(16, 32, 64), pad_id=0, shuffle=True, drop_last=True)
     # Buckets hold 12, 4 and 7 examples: 3 + 1 + 1 full batches.
-    assert len(batches) == data.num_batches(enc, 4, buckets=(16, 32, 64), drop_last=True) == 5
+    assert len(batches) == batching.num_batches(enc, 4, buckets=(16, 32, 64), drop_last=True) == 5
     assert all((b["example_index"] >= 0).all() for b in batches)
 
 
 def test_start_offset_skips_seen_batches():
     enc = fake_encoded(LENGTHS * 3)
     kwargs = dict(buckets=(16, 32, 64), pad_id=0, seed=3, epoch=2, shuffle=True)
-    full = list(data.epoch_batches(enc, 4, **kwargs))
-    rest = data.epoch_batches(enc, 4, start=5, **kwargs)
+    full = list(batching.epoch_batches(enc, 4, **kwargs))
+    rest = batching.epoch_batches(enc, 4, start=5, **kwargs)
     assert len(rest) == len(full) - 5
     for a, b in zip(full[5:], rest):
         assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -466,7 +476,7 @@ def test_start_offset_skips_seen_batches():
 
 def test_example_longer_than_largest_bucket_is_rejected():
     with pytest.raises(ValueError, match="exceeds the largest bucket"):
-        data.epoch_batches(fake_encoded([3, 70]), 2, buckets=(16, 64), pad_id=0)
+        batching.epoch_batches(fake_encoded([3, 70]), 2, buckets=(16, 64), pad_id=0)
 
 
 def test_end_to_end_directory_to_batches(tmp_path, tok):
@@ -475,9 +485,9 @@ def test_end_to_end_directory_to_batches(tmp_path, tok):
     write(tmp_path, "test.conll", "Peter B-PER\n")
     splits = tasks.TOKEN.load_splits(str(tmp_path))
     vocab = LabelVocab.from_tags(splits["train"])
-    splits = data.check_token_labels(splits, vocab)
-    enc = data.encode_token_split(splits["train"], tok, vocab, max_length=32)
-    (batch,) = data.epoch_batches(enc, 2, buckets=data.make_buckets(32), pad_id=data.pad_token_id(tok))
+    splits = labels.check_token_labels(splits, vocab)
+    enc = encode.encode_token_split(splits["train"], tok, vocab, max_length=32)
+    (batch,) = batching.epoch_batches(enc, 2, buckets=default_buckets(32), pad_id=encode.pad_token_id(tok))
     assert batch["input_ids"].shape == (2, 32)
     first = batch["word_index"] >= 0
     assert [vocab.id2label[i] for i in batch["labels"][0][first[0]]] == ["B-PER", "I-PER", "O"]

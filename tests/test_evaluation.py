@@ -64,7 +64,7 @@ def seqeval_reference(gold, pred) -> dict:
 
 
 def token_batches(examples, pred_tags, batch_size, seq_len, rng, keep_words=None):
-    """Batches in the data.py format, built by hand.
+    """Batches in the gptjax/data/batching.py format, built by hand.
 
     Each word gets 1-2 subword positions (word_index on the first only). The "model" output is
     carried in input_ids: the wanted label id at a word's first subword, GARBAGE everywhere

@@ -15,9 +15,12 @@ import transformers
 from flax import nnx
 
 import gptjax
-from gptjax import sharding, synthetic
+from gptjax import sharding
+from gptjax.data import synthetic
+from gptjax.data.examples import word_texts
 from gptjax.decoding import Buckets, Generator, compilations
 from gptjax.model import Decoder, GPT2Config, init_model
+from gptjax.tokenizer import train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 EOS = 100
@@ -187,7 +190,7 @@ def test_stops_at_eos_stop_sequences_and_max_new_tokens(gen):
 @pytest.fixture(scope="module")
 def tokenizer():
     texts = ["the cat sat on the mat.", "a dog ran home\nand slept", "hello world, stop here!"] * 10
-    return synthetic.train_tokenizer(texts, vocab_size=300)  # the 256 bytes, EOS and some merges
+    return train_tokenizer(texts, vocab_size=300)  # the 256 bytes, EOS and some merges
 
 
 @pytest.fixture(scope="module")
@@ -303,10 +306,8 @@ def test_one_call_api(text_model, tokenizer):
 
 def _lm_checkpoint(directory):
     """A tiny GPT2LMHeadModel and its tokenizer laid out as a hub checkpoint is."""
-    from gptjax import synthetic
-
-    texts = synthetic.corpus_texts(synthetic.make_ner_corpus(seed=0, sizes=(200, 1, 1))["train"])
-    tokenizer = synthetic.train_tokenizer(texts, vocab_size=300)
+    texts = word_texts(synthetic.make_ner_corpus(seed=0, sizes=(200, 1, 1))["train"])
+    tokenizer = train_tokenizer(texts, vocab_size=300)
     config = GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=48, vocab_size=len(tokenizer),
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
     model = gptjax.init_model(config, "causal_lm", seed=0)

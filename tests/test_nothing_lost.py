@@ -258,9 +258,9 @@ def test_edited_labels_and_a_replaced_tokenizer_are_caught(world, tmp_path):
 
     shutil.rmtree(edited)
     shutil.copytree(world / "run", edited)
-    from gptjax import synthetic
+    from gptjax.tokenizer import train_tokenizer
 
-    synthetic.train_tokenizer(["a b c d e f"] * 20, vocab_size=300).save_pretrained(str(edited / "tokenizer"))
+    train_tokenizer(["a b c d e f"] * 20, vocab_size=300).save_pretrained(str(edited / "tokenizer"))
     assert "not the tokenizer the run trained with" in main("--mode=eval", f"--workdir={edited}", labelled)
 
 

@@ -10,7 +10,9 @@ import transformers
 
 import run
 from conftest import evaluation_predictions, tiny_config
-from gptjax import synthetic
+from gptjax.data import synthetic
+from gptjax.data.examples import word_texts
+from gptjax.tokenizer import train_tokenizer
 from gptjax.reporting import read_metrics
 from gptjax.config import apply_overrides, load_config
 from gptjax.errors import ConfigError
@@ -108,7 +110,7 @@ def test_sequence_task_end_to_end(fixture, request, tmp_path):
 def test_pretrained_checkpoint_directory(conll_dir, tmp_path):
     """model.name_or_path pointing at a Hugging Face directory (weights and tokenizer files)."""
     corpus = synthetic.make_ner_corpus(seed=1, sizes=(300, 1, 1))["train"]
-    tokenizer = synthetic.train_tokenizer(synthetic.corpus_texts(corpus), vocab_size=400)
+    tokenizer = train_tokenizer(word_texts(corpus), vocab_size=400)
     hf_model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         n_layer=1, n_embd=32, n_head=2, n_positions=64, vocab_size=len(tokenizer),
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id))

@@ -1,11 +1,10 @@
-"""Tests for gptjax.synthetic: the demo NER corpus and the on-the-fly tokenizer (no network)."""
-
-import subprocess
-import sys
+"""Tests for gptjax.data.synthetic: the demo NER corpus (no network)."""
 
 import pytest
 
-from gptjax import data, synthetic, tasks
+from gptjax import tasks
+from gptjax.data import synthetic
+from gptjax.data.labels import LabelVocab, check_token_labels
 
 SIZES = (300, 100, 100)
 
@@ -13,11 +12,6 @@ SIZES = (300, 100, 100)
 @pytest.fixture(scope="module")
 def corpus():
     return synthetic.make_ner_corpus(seed=0, sizes=SIZES)
-
-
-@pytest.fixture(scope="module")
-def tok(corpus):
-    return synthetic.train_tokenizer(synthetic.corpus_texts(corpus["train"]), vocab_size=500)
 
 
 def entities(example):
@@ -78,51 +72,6 @@ def test_write_conll_round_trips_through_load_splits(corpus, tmp_path):
     directory = synthetic.write_corpus(corpus, str(tmp_path / "demo"))
     splits = tasks.TOKEN.load_splits(directory)
     assert splits == corpus
-    vocab = data.LabelVocab.from_tags(splits["train"])
+    vocab = LabelVocab.from_tags(splits["train"])
     assert vocab.names == ["O", "B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER"]
-    data.check_token_labels(splits, vocab)  # every evaluation label is known
-
-
-def test_tokenizer_is_gpt2_style(tok):
-    from transformers import PreTrainedTokenizerFast
-
-    assert isinstance(tok, PreTrainedTokenizerFast)
-    assert len(tok) == 500
-    eos = tok.convert_tokens_to_ids("<|endoftext|>")
-    assert tok.eos_token_id == tok.bos_token_id == tok.pad_token_id == tok.unk_token_id == eos
-    # add_prefix_space: every pre-split word is encoded as if preceded by a space.
-    words = ["Reuters", "said", "Vinmar", "rose"]
-    ids = tok(words, is_split_into_words=True)["input_ids"]
-    assert ids == tok(" " + " ".join(words))["input_ids"] == tok(" ".join(words))["input_ids"]
-    assert eos not in ids  # no special tokens added
-    assert tok.decode(ids) == " Reuters said Vinmar rose"
-    assert tok.decode(tok("naïve café 😀")["input_ids"]) == " naïve café 😀"  # byte-level: no unknowns
-
-
-def test_tokenizer_round_trip_through_save_pretrained(tok, tmp_path):
-    from transformers import AutoTokenizer
-
-    tok.save_pretrained(str(tmp_path))
-    loaded = AutoTokenizer.from_pretrained(str(tmp_path))
-    assert type(loaded) is type(tok)
-    assert loaded.get_vocab() == tok.get_vocab()
-    assert loaded.pad_token_id == tok.pad_token_id and loaded.eos_token_id == tok.eos_token_id
-    batch = [["Shares", "of", "Kestrel", "Systems", "rose", "."], ["Zara", "Okafor"]]
-    a = tok(batch, is_split_into_words=True)
-    b = loaded(batch, is_split_into_words=True)
-    assert a["input_ids"] == b["input_ids"]
-    assert [a.word_ids(i) for i in range(2)] == [b.word_ids(i) for i in range(2)]
-    assert loaded("The meeting in Tbilisi")["input_ids"] == tok("The meeting in Tbilisi")["input_ids"]
-
-
-def test_tokenizer_training_deterministic_across_processes(corpus, tok):
-    texts = synthetic.corpus_texts(corpus["train"])
-    assert synthetic.train_tokenizer(texts, vocab_size=500).get_vocab() == tok.get_vocab()
-    # The Rust trainer's hash maps are seeded per process: check a fresh process agrees.
-    code = ("import json; from gptjax import synthetic; "
-            f"c = synthetic.make_ner_corpus(seed=0, sizes={SIZES!r}); "
-            "t = synthetic.train_tokenizer(synthetic.corpus_texts(c['train']), vocab_size=500); "
-            "print(json.dumps(t.backend_tokenizer.to_str()))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    import json
-    assert json.loads(out.stdout) == tok.backend_tokenizer.to_str()
+    check_token_labels(splits, vocab)  # every evaluation label is known

@@ -12,12 +12,14 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
-from gptjax import artifact, data, lm_data, model as model_lib, partition, sharding, synthetic, tasks, train
+from gptjax import artifact, model as model_lib, partition, sharding, tasks, train
 from gptjax.config import base_config
 from gptjax.errors import ConfigError
-from gptjax.data import IGNORE_INDEX
+from gptjax.data import batching, encode, readers, synthetic
+from gptjax.data.examples import CompletionExample, TextExample
+from gptjax.data.labels import IGNORE_INDEX
 from gptjax.errors import DataError
-from gptjax.lm_data import CompletionExample, TextExample
+from gptjax.tokenizer import load_run_tokenizer, train_tokenizer
 
 DOCUMENTS = ["the cat sat on the mat .", "a dog ran .", "the day after monday is tuesday .",
              "copy red blue : red blue ."] * 10
@@ -27,7 +29,7 @@ PAIRS = [("2 + 2 =", " 4"), ("the capital of peru is", " lima"), ("count : one t
 @pytest.fixture(scope="module")
 def tok():
     texts = DOCUMENTS + [p + c for p, c in PAIRS]
-    return synthetic.train_tokenizer(texts, vocab_size=300, add_prefix_space=False)
+    return train_tokenizer(texts, vocab_size=300, add_prefix_space=False)
 
 
 def write(path, text):
@@ -69,13 +71,13 @@ def test_a_txt_split_is_plain_text_for_causal_lm_and_conll_for_token(tmp_path):
 
 def test_prompt_completion_jsonl_and_mixed_kinds(tmp_path):
     path = write(tmp_path / "a.jsonl", "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in PAIRS))
-    assert lm_data.read_lm_file(path) == [CompletionExample(p, c) for p, c in PAIRS]
+    assert readers.read_lm_file(path) == [CompletionExample(p, c) for p, c in PAIRS]
     mixed = write(tmp_path / "b.jsonl", '{"prompt": "a", "completion": "b"}\n{"text": "c"}\n')
     with pytest.raises(DataError, match=r"b\.jsonl, line 2: a text document, but .*line 1 is a prompt/completion"):
-        lm_data.read_lm_file(mixed)
+        readers.read_lm_file(mixed)
     empty = write(tmp_path / "c.jsonl", '{"prompt": "", "completion": "b"}\n')
     with pytest.raises(DataError, match=r"c\.jsonl, line 1: 'prompt' and 'completion' must be non-empty"):
-        lm_data.read_lm_file(empty)
+        readers.read_lm_file(empty)
 
 
 def test_hub_text_column_skips_empty_lines_as_run_clm():
@@ -83,7 +85,7 @@ def test_hub_text_column_skips_empty_lines_as_run_clm():
 
     rows = {"text": ["", " = Title = \n", "", " Some text .\n"]}  # wikitext's layout
     ds = DatasetDict({s: Dataset.from_dict(rows) for s in ("train", "validation", "test")})
-    splits = data.splits_from_hf(ds, lambda d, where: tasks.CAUSAL_LM.read_hub(d, where, base_config().data),
+    splits = readers.splits_from_hf(ds, lambda d, where: tasks.CAUSAL_LM.read_hub(d, where, base_config().data),
                                  name="wikitext")
     assert splits["train"] == [TextExample(" = Title = \n"), TextExample(" Some text .\n")]
     assert splits["test"][1].where() == "wikitext[test], row 3"
@@ -96,7 +98,7 @@ def test_hub_text_column_skips_empty_lines_as_run_clm():
 def test_packing_labels_every_token_once_with_eos_between_documents(tok):
     examples = [TextExample(d) for d in DOCUMENTS[:7]]
     eos, L = tok.eos_token_id, 8
-    encoded = lm_data.pack_documents(examples, tok, L)
+    encoded = encode.pack_documents(examples, tok, L)
     stream = [eos]
     for ex in examples:
         stream += tok(ex.text, add_special_tokens=False)["input_ids"] + [eos]
@@ -111,7 +113,7 @@ def test_packing_labels_every_token_once_with_eos_between_documents(tok):
         assert labels[k][-1] == inputs[k + 1][0]
     assert encoded.per_token and encoded.word_index is None and encoded.num_truncated == 0
 
-    batches = data.epoch_batches(encoded, 4, buckets=data.make_buckets(L, (4,)), pad_id=eos)
+    batches = batching.epoch_batches(encoded, 4, buckets=batching.make_buckets(L, (4,)), pad_id=eos)
     counted = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
     assert counted == len(stream) - 1
     for b in batches:
@@ -120,7 +122,7 @@ def test_packing_labels_every_token_once_with_eos_between_documents(tok):
 
 def test_completion_loss_counts_the_completion_and_its_eos_only(tok):
     examples = [CompletionExample(p, c) for p, c in PAIRS]
-    encoded = lm_data.encode_completions(examples, tok, max_length=64)
+    encoded = encode.encode_completions(examples, tok, max_length=64)
     eos = tok.eos_token_id
     for ex, ids, labels in zip(examples, encoded.input_ids, encoded.labels):
         prompt = tok(ex.prompt, add_special_tokens=False)["input_ids"]
@@ -129,12 +131,12 @@ def test_completion_loss_counts_the_completion_and_its_eos_only(tok):
         # Position t is labelled with token t + 1: -100 exactly where that token is the prompt's.
         assert labels.tolist() == [IGNORE_INDEX] * (len(prompt) - 1) + completion + [eos]
         assert tok.decode(labels[labels != IGNORE_INDEX][:-1]) == ex.completion
-    batch = data.make_batch(encoded, np.array([0, 1, 2, -1]), max(map(len, encoded.input_ids)) + 3, eos)
+    batch = batching.make_batch(encoded, np.array([0, 1, 2, -1]), max(map(len, encoded.input_ids)) + 3, eos)
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()  # padding and the padding row
     assert int((batch["labels"] != IGNORE_INDEX).sum()) == sum(
         len(tok(c, add_special_tokens=False)["input_ids"]) + 1 for _, c in PAIRS)
 
-    cut = lm_data.encode_completions(examples, tok, max_length=4)
+    cut = encode.encode_completions(examples, tok, max_length=4)
     assert cut.num_truncated == sum(len(ids) > 4 for ids in encoded.input_ids) and max(map(len, cut.input_ids)) == 4
 
 
@@ -164,7 +166,7 @@ def test_perplexity_is_the_token_weighted_mean_nll(tok):
     from gptjax.steps import build_steps
 
     config = lm_config()
-    encoded = lm_data.pack_documents([TextExample(d) for d in DOCUMENTS[:9]], tok, 16)
+    encoded = encode.pack_documents([TextExample(d) for d in DOCUMENTS[:9]], tok, 16)
     model = tiny_lm(tok)
     # Direct: every block alone, log-softmax in float64, the NLL of each label, one mean over all.
     nll = []
@@ -175,7 +177,7 @@ def test_perplexity_is_the_token_weighted_mean_nll(tok):
         nll += (-log_probs[np.arange(len(labels)), labels]).tolist()
     steps = build_steps(config, model, sharding.make_mesh(config.mesh))
     metrics = train.evaluate_encoded(tasks.CAUSAL_LM, encoded, [], steps, config, tok)
-    batches = data.epoch_batches(encoded, 2, buckets=train.config_buckets(config), pad_id=tok.eos_token_id)
+    batches = batching.epoch_batches(encoded, 2, buckets=batching.buckets_for(config.data), pad_id=tok.eos_token_id)
     assert any((b["example_index"] < 0).any() for b in batches)  # a padding row, which must not count
     assert metrics["tokens"] == len(nll) == sum(map(len, encoded.labels))
     assert metrics["loss"] == pytest.approx(np.mean(nll), rel=1e-5)
@@ -342,5 +344,5 @@ def test_prompt_completion_run_scores_exact_match_through_the_hook(tmp_path, mon
     assert results["test"]["exact_match"] == pytest.approx(sum(i % 2 for i in range(len(rows))) / len(rows))
     assert seen and set(seen) == {len(rows)}
     # Only the completions' tokens and their EOS were scored.
-    tokenizer = artifact.load_tokenizer(tmp_path / "run" / "tokenizer", add_prefix_space=False)
+    tokenizer = load_run_tokenizer(tmp_path / "run" / "tokenizer", add_prefix_space=False)
     assert results["test"]["tokens"] == sum(len(tokenizer(r["completion"])["input_ids"]) + 1 for r in rows)

@@ -1,8 +1,8 @@
-"""Deterministic synthetic corpora (NER, and plain text for causal LM) and an on-the-fly
-GPT-2-style tokenizer.
+"""Deterministic synthetic corpora: NER, and plain text for causal LM.
 
 The offline `demo` and `lm_demo` configs train on these: no download, yet real split files (CoNLL
-columns, or plain text) and a real byte-level BPE tokenizer go through the normal code paths.
+columns, or plain text) and a real byte-level BPE tokenizer (gptjax/tokenizer.py, trained on the
+train split) go through the normal code paths.
 
 GPT-2 is causal: a word's tag can only depend on the words before it. So every entity slot
 follows a cue that tells its type ("Shares of", "arrived in", "Minister"), and validation/test
@@ -12,15 +12,12 @@ capitalisation rather than memory.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from gptjax.data import TokenExample
-
-EOS = "<|endoftext|>"
+from gptjax.data.examples import TokenExample
 
 # Entity pools: (seen in every split, held out of training). Validation and test draw from the
 # held-out pools part of the time.
@@ -210,38 +207,6 @@ def write_corpus(corpus: dict[str, list[TokenExample]], directory: str) -> str:
     for split, examples in corpus.items():
         write_conll(examples, os.path.join(directory, f"{split}.conll"))
     return directory
-
-
-def corpus_texts(examples: Iterable[TokenExample]) -> list[str]:
-    """Space-joined sentences, e.g. to train a tokenizer on."""
-    return [" ".join(ex.tokens) for ex in examples]
-
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, add_prefix_space: bool = True):
-    """A GPT-2-style byte-level BPE tokenizer trained on `texts` (deterministic), as a
-    transformers GPT2Tokenizer (a PreTrainedTokenizerFast)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Tokenizer
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS],
-        # All 256 byte symbols, so any text encodes without an unknown token, as in GPT-2.
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(list(texts), trainer)
-    model = json.loads(backend.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    # Rebuilding through GPT2Tokenizer gives the GPT-2 configuration (byte-level pre-tokenizer
-    # and decoder, no special tokens added) and a tokenizer_config.json that AutoTokenizer
-    # loads back as the same class.
-    return GPT2Tokenizer(vocab=model["vocab"], merges=merges, add_prefix_space=add_prefix_space,
-                         unk_token=EOS, bos_token=EOS, eos_token=EOS, pad_token=EOS,
-                         model_max_length=1024)
 
 
 # ---------------------------------------------------------------------------------------------
