@@ -1,5 +1,5 @@
 """Does a train step leave a CPU slower, or does the machine drift by itself? The question behind
-pairing each step with the peak measured right after it (gptjax.bench.flops.peak_probe, README "MFU").
+pairing each step with the peak measured right after it (gptjax.bench.flops.peak_probe, benchmarks/README.md, "MFU").
 
     python benchmarks/cpu_peak_drift.py --config=ner --config.train.batch_size=8 [--rounds=3]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU train-step comparison behind README's "Speed on a CPU": gpt2, 8 x 128, float32, the seed's
+# The CPU train-step comparison behind benchmarks/README.md's "Speed on a CPU": gpt2, 8 x 128, float32, the seed's
 # PyTorch recipe beside it. Run it on a quiet machine (nothing else running); it prints the load
 # average around each run, and every record keeps the load average it started with.
 #   1. separate processes, each as a user runs it: gptjax's command line (which restarts itself

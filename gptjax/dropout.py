@@ -1,10 +1,9 @@
 """Dropout whose random bits cost almost nothing: Threefry-2x32 (Random123, the generator JAX's keys
 use) written in jax.numpy, one hash of each element's own index under the call's key.
 
-jax.random.bits computes the same hash as an opaque primitive that XLA cannot fuse: on a CPU it
-ran at about 0.1 G words/s and was ~5% of a gpt2 train step. Written out as integer ops, XLA fuses
-the hash into the dropout's own elementwise loop and vectorises it (~1.3 G elements/s here), and
-the bits are never stored. The counters are global indices, so a sharded activation draws the same
+jax.random.bits computes the same hash as an opaque primitive that XLA cannot fuse, and on a CPU
+it was a visible share of a train step. Written out as integer ops, XLA fuses the hash into the
+dropout's own elementwise loop and vectorises it, and the bits are never stored. The counters are global indices, so a sharded activation draws the same
 bits as an unsharded one.
 """
 

@@ -1,11 +1,10 @@
 """glibc's allocator, tuned for XLA:CPU before the process starts.
 
-XLA:CPU takes each step's temporaries (3.4 GB for a gpt2 train step at 8 x 128) as one fresh
-allocation and frees it at the end. glibc serves a block that large with mmap and gives it back
-with munmap, so every step faults in and zeroes every page again: on a 2-core EPYC, 530,000 page
-faults and 1.2 s of system time a step, a fifth of the step. Kept in the heap (no mmap, no
-trimming, one arena so that worker threads allocate there too) and on huge pages, the memory is
-reused and the faults are gone (benchmarks/results/cpu_quiet.jsonl, README "Speed on a CPU").
+XLA:CPU takes each step's temporaries (gigabytes for a gpt2 train step) as one fresh allocation
+and frees it at the end. glibc serves a block that large with mmap and gives it back with munmap,
+so every step faults in and zeroes every page again. Kept in the heap (no mmap, no trimming, one
+arena so that worker threads allocate there too) and on huge pages, the memory is reused and the
+faults are gone (the figures: benchmarks/README.md, "Speed on a CPU").
 
 glibc reads these settings only at start-up, so the command-line entry points (run.py, `gptjax`,
 `python -m gptjax`) start the process again with them, once, before JAX is imported. Left alone:

@@ -5,8 +5,7 @@ so hf.py converts checkpoints with a plain key map. The blocks are stacked: ever
 `transformer.h` has a leading [n_layer] axis, and the forward pass scans over it: blocks written
 out one by one in Python compiled slowly and ran the backward badly on a CPU (DESIGN.md, "Measured
 on these machines"). The scan itself may be unrolled (GPT2Config.unroll): on a CPU, where a rolled
-loop's slicing of the stacked weights, activations and gradients cost 11% of a gpt2 train step,
-it is by default.
+loop's slicing copies the stacked weights, activations and gradients, it is by default.
 """
 
 from __future__ import annotations
@@ -68,8 +67,7 @@ class GPT2Config:
     attention: str = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn"
     remat: bool = False  # recompute each block in the backward pass to save activation memory
     # Blocks per iteration of the layer scan: 1 a rolled loop, n_layer none; None the backend's
-    # choice (unrolled on a CPU, where the loop's slicing copies cost 11% of a gpt2 train step,
-    # unless remat is on).
+    # choice (unrolled on a CPU, where the rolled loop's slicing copies arrays, unless remat is on).
     unroll: int | None = None
 
     def __post_init__(self):
@@ -221,7 +219,7 @@ class Attention(nnx.Module):
         cfg = self.config
         # [B * H, S, Dh]: the batched matmuls' own layout (one batch axis), so that they read the
         # updated cache as it is. Through a reshape, XLA:CPU fused the update into each reader
-        # and copied every layer's cache three times a step (13% of a gpt2 batch-1 decode step).
+        # and copied every layer's cache three times a step.
         q, k, v = (a.transpose(0, 2, 1, 3).reshape(b * cfg.n_head, s, cfg.head_dim) for a in self._qkv(x, None))
         k_cache, v_cache = (jax.lax.dynamic_update_slice(c, a.astype(c.dtype), (0, index, 0))
                             for c, a in zip(cache, (k, v)))
@@ -402,9 +400,8 @@ class Decoder(nnx.Module):
     It shares the model's embeddings and final LayerNorm, and holds the blocks as separate
     modules, one per layer (copies of the stacked parameters' slices), run one after the other. A
     decode step reads every weight once; out of stacked arrays, XLA:CPU copies each layer's
-    weights before its matmuls, which more than doubled the time of a gpt2 decode step (measured:
-    35 ms against 15 at batch 1 for the blocks' matmuls alone). Unrolling adds little compile time
-    here (a few seconds for gpt2): there is no backward pass. The copies cost the blocks' memory
+    weights before its matmuls, which dominated a decode step. Unrolling adds little compile time
+    here: there is no backward pass. The copies cost the blocks' memory
     once more while the model is kept beside its Decoder.
     """
 

@@ -89,9 +89,9 @@ PROBE_SIZE = 2048
 def peak_probe(dtype: str = "float32", n: int = PROBE_SIZE, repeats: int = 4):
     """A CPU's peak, measured beside the steps: a function that times `repeats` jax [n, n] @ [n, n]
     matmuls and returns the fastest one's FLOP/s (the first after a train step is often the
-    slowest). time_steps calls it after each round of synced steps: this virtual machine's speed
-    drifts by 10-20% within the hour, and one peak measured before the steps moved the MFU of the
-    same code between 64% and 84%."""
+    slowest). time_steps calls it after each round of synced steps: a virtual machine's speed
+    drifts within the hour, and one peak measured before the steps made the MFU of the same code
+    move with it (benchmarks/README.md, "MFU")."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
     matmul = jax.jit(lambda x: x @ x)
     matmul(a).block_until_ready()

@@ -36,7 +36,7 @@ RECORD_FIELDS = {
     "host_cpu": "the host CPU's model name and core count",
     "versions": "jax, jaxlib, flax, optax (torch, transformers for a PyTorch record)",
     "xla_flags": "XLA_FLAGS as the run saw it",
-    "glibc_tunables": "GLIBC_TUNABLES as the run saw it (gptjax/malloc.py; README, Speed on a CPU)",
+    "glibc_tunables": "GLIBC_TUNABLES as the run saw it (gptjax/malloc.py; benchmarks/README.md, Speed on a CPU)",
     "malloc": "the allocator's settings and who chose them: glibc defaults, set by gptjax (its command line), or by the user",
     "load_average": "the host's 1-minute load average during the run (others' work slows a CPU run)",
     "compile_time_s": "tracing, lowering and compiling the train step (the first call's wall time for PyTorch)",

@@ -64,7 +64,7 @@ def warm_up(run_step, batches, sync, steps: int, most: int = 24, memory=peak_rss
     """`steps` steps dispatched back to back (two in flight, as in the pipelined phase), then more, in pairs,
     while the process's peak memory still grows (at most `most` in all). Two steps in flight hold
     their temporaries at once, and on a CPU the heap takes a dozen steps to settle at that
-    footprint: the page faults of that growth made the first timed steps 20% slower. `memory`:
+    footprint: the page faults of that growth slow the first timed steps. `memory`:
     the process's peak memory now."""
     if steps <= 0:
         return
@@ -128,8 +128,8 @@ def time_steps(runners: dict, *, warmup: int, steps: int, probe=None) -> dict:
 
 def summarize(timing: dict, *, batch: int, length: int, flops: int, peak: float | None, num_devices: int) -> dict:
     """The record's timing fields from time_steps' measurements. Throughput is the pipelined
-    steps' median: one stalled step (a busy host, the kernel compacting memory) moved their
-    mean by up to 8% on a 2-core VM. Where time_steps measured the peak (`peaks`, a CPU's), MFU
+    steps' median: one stalled step (a busy host, the kernel compacting memory) moves their
+    mean. Where time_steps measured the peak (`peaks`, a CPU's), MFU
     is the median over the synced steps of each step's FLOP/s over the peak measured right after
     it, so that the machine's drift moves both alike."""
     per_step = statistics.median(timing["pipelined"])
