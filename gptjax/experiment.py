@@ -17,8 +17,7 @@ from urllib.parse import urlparse
 
 
 from gptjax import artifact, data, lm_data, peft, synthetic, tasks
-from gptjax.checkpoint import check_compatible
-from gptjax.config import check_generation
+from gptjax.config import check_compatible, check_generation, model_overrides
 from gptjax.errors import CheckpointError, ConfigError, SetupError
 from gptjax.hf import from_pretrained, resolve_checkpoint
 from gptjax.model import GPT2, GPT2Config, init_model
@@ -126,14 +125,6 @@ def load_tokenizer(config, train_examples, model_dir: Path | None):
         return AutoTokenizer.from_pretrained(name, add_prefix_space=task.prefix_space)
     except Exception as e:  # noqa: BLE001
         raise SetupError(f"tokenizer {name!r}: could not load it ({type(e).__name__}: {e}).\n{OFFLINE_HINT}") from e
-
-
-def model_overrides(config) -> dict:
-    cfg = config.model
-    changes = {"dtype": cfg.dtype, "attention": cfg.attention, "remat": cfg.remat, "unroll": cfg.unroll}
-    if cfg.dropout is not None:
-        changes.update(resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout)
-    return changes
 
 
 def build_model(config, vocab: data.LabelVocab, tokenizer, model_dir: Path | None) -> GPT2:

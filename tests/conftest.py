@@ -102,8 +102,7 @@ def tiny_config(task, source, **overrides):
 def evaluation_predictions(workdir, split="test"):
     """(trained, the split encoded, what evaluation predicts for it): the reference for predict."""
     from gptjax import artifact, data, sharding
-    from gptjax.train import config_buckets
-    from gptjax.workdir_modes import encoded_split
+    from gptjax.evaluate import config_buckets, encoded_split
 
     trained = artifact.load(workdir)
     encoded = encoded_split(trained, split)
