@@ -26,11 +26,10 @@ import orbax.checkpoint as ocp
 from etils import epath
 from safetensors import SafetensorError
 from flax import nnx
-from ml_collections import ConfigDict
 
 from gptjax import peft, sharding, steps as steps_lib, tasks, workdir as wd
 from gptjax.checkpoint import Checkpoints
-from gptjax.config import apply_use_time, base_config, check_compatible, config_json
+from gptjax.config import apply_use_time, base_config, check_compatible, config_from_json, config_json
 from gptjax.errors import CheckpointError, ConfigError
 from gptjax.hf import CONFIG, from_pretrained, resolve_checkpoint, save_pretrained
 from gptjax.model import GPT2Config, init_model
@@ -253,24 +252,6 @@ class Trained:
         return self.steps.model()
 
 
-def config_from_json(saved: dict) -> ConfigDict:
-    """base_config() with the saved values set (tuples stay tuples, placeholders stay typed)."""
-    config = base_config()
-
-    def fill(node: ConfigDict, values: dict, prefix: str):
-        for key, value in values.items():
-            if key not in node:
-                log.warning("%s: unknown config key %s%s ignored (made by another gptjax version)", RUN_FILE, prefix, key)
-                continue
-            if isinstance(node[key], ConfigDict):
-                fill(node[key], value, f"{prefix}{key}.")
-            else:
-                node[key] = tuple(value) if isinstance(node[key], tuple) and isinstance(value, list) else value
-
-    fill(config, saved, "")
-    return config
-
-
 def is_run(directory) -> bool:
     return (epath.Path(directory) / RUN_FILE).exists()
 
@@ -308,7 +289,7 @@ def _on_mesh(tree, mesh):
 
 def _load_workdir(workdir: epath.Path, which: str, overrides: dict) -> Trained:
     run = wd.read_json(workdir / RUN_FILE, "run record")
-    config = apply_use_time(config_from_json(run["config"]), overrides)
+    config = apply_use_time(config_from_json(run["config"], RUN_FILE), overrides)
     mesh = sharding.make_mesh(config.mesh)
     graphdef, params = _abstract(run, config)
     partition = peft.partition(config, nnx.merge(graphdef, params))
@@ -402,7 +383,7 @@ def load_export(model_dir, overrides: dict | None = None, *, head: str | None = 
     saved, files = _export_record(model_dir)
     if files is not None:
         verify_export(model_dir, files)
-    config = config_from_json(saved) if saved is not None else base_config()
+    config = config_from_json(saved, RUN_FILE) if saved is not None else base_config()
     kept = tasks.TASKS.get(config.task) if saved is not None else None
     if kept is not None and kept.architecture == task.architecture:
         task = kept  # token and tagging export as one class: the run's config tells them apart

@@ -9,12 +9,15 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import logging
 import math
 from pathlib import Path
 
 from ml_collections import ConfigDict, config_dict
 
 from gptjax.errors import ConfigError
+
+log = logging.getLogger("gptjax")
 
 # Inside the package, so a checkout, an editable install and a wheel all find them the same way.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -346,6 +349,25 @@ def config_json(config: ConfigDict) -> dict:
 
 
 _MISSING = object()
+
+
+def config_from_json(saved: dict, where: str) -> ConfigDict:
+    """base_config() with the saved values (config_json's dict, read from `where`) set: tuples
+    stay tuples, placeholders stay typed."""
+    config = base_config()
+
+    def fill(node: ConfigDict, values: dict, prefix: str):
+        for key, value in values.items():
+            if key not in node:
+                log.warning("%s: unknown config key %s%s ignored (made by another gptjax version)", where, prefix, key)
+                continue
+            if isinstance(node[key], ConfigDict):
+                fill(node[key], value, f"{prefix}{key}.")
+            else:
+                node[key] = tuple(value) if isinstance(node[key], tuple) and isinstance(value, list) else value
+
+    fill(config, saved, "")
+    return config
 
 
 def lookup(tree: dict, key: str, missing=None):

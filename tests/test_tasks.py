@@ -5,6 +5,8 @@ labels, a tiny run, its export in transformers, LoRA and freezing, eval without 
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,21 @@ def test_every_task_is_one_complete_entry():
     assert tasks.TAGGING.primary_metric == "accuracy" and tasks.TAGGING.higher_is_better
     with pytest.raises(ConfigError, match="task='span': choose one of token, tagging, sequence, causal_lm"):
         tasks.get("span")
+    from gptjax.predict import OUTPUTS
+
+    assert all(task.prediction is None or task.prediction in OUTPUTS for task in tasks.TASKS.values())
+
+
+def test_the_registry_imports_no_mode():
+    """The modes look up what they do for a task by its fields; the registry imports none of them
+    (nor the model, nor JAX)."""
+    code = "import sys, gptjax.tasks; print(*sorted(m for m in sys.modules if m.split('.')[0] in ('gptjax', 'jax')))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent.parent).stdout.split())
+    assert "gptjax.tasks" in loaded
+    modes = {"gptjax.predict", "gptjax.evaluate", "gptjax.train", "gptjax.artifact", "gptjax.experiment",
+             "gptjax.text_generation", "gptjax.steps", "gptjax.model", "gptjax.hf", "jax"}
+    assert not loaded & modes
 
 
 # ---------------------------------------------------------------------------------------------
