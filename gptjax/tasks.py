@@ -85,7 +85,8 @@ class Task:
 
     def check_config(self, config) -> None:
         """Refuses settings this task cannot train with, before any data is read."""
-        from gptjax.hf import HEAD_MODULE
+        from gptjax.hf import HEAD_MODULE  # as in `architecture`: the registry imports no model code
+
         if config.data.unknown_label == "map_to_o" and not self.outside_tag:
             raise ConfigError(f"data.unknown_label='map_to_o' does not apply to task={self.name!r}: its labels have no "
                               "O to map to; use data.unknown_label='error'")
