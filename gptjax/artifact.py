@@ -1,6 +1,6 @@
 """A trained run as an artifact: what training writes so that nothing else is needed to use it,
-and the one loader that reads it back (a workdir or an export in; model, tokenizer, labels and
-config out). eval, export, predict and resume all go through here; none of them reads training
+the one loader that reads it back (a workdir or an export in; model, tokenizer, labels and
+config out), and --mode=export, which writes what it loads as a Hugging Face directory. eval, export, predict and resume all go through here; none of them reads training
 data or trains a tokenizer again, and the modes that only read a workdir write nothing into it.
 
 WORKDIR/run.json     the resolved config, the model's architecture, the labels, and fingerprints
@@ -26,11 +26,10 @@ import orbax.checkpoint as ocp
 from etils import epath
 from safetensors import SafetensorError
 from flax import nnx
-from ml_collections import ConfigDict
 
 from gptjax import sharding, steps as steps_lib, tasks, workdir as wd
-from gptjax.checkpoint import Checkpoints, _lookup, check_compatible, config_json
-from gptjax.config import base_config, check_platform, validate
+from gptjax.checkpoint import Checkpoints
+from gptjax.config import apply_use_time, base_config, check_compatible, config_from_json, config_json
 from gptjax.errors import CheckpointError, ConfigError
 from gptjax.hf import CONFIG, from_pretrained, resolve_checkpoint, save_pretrained
 from gptjax.model import GPT2Config, init_model
@@ -46,14 +45,6 @@ BASE_DIR = "base"
 EXPORT_RUN_FILE = wd.EXPORT_MARKER  # gptjax.json, in an export: the run's config, so it predicts with the same shapes
 FORMAT = 1
 EXPORT_FORMAT = 2  # gptjax.json: {"format", "config", "files": {name: sha256}}; format 1 held the config alone
-
-# Keys that say how to run a trained model, not what it is: a reading mode may change them.
-USE_TIME_KEYS = (
-    "model.dtype", "model.attention", "model.unroll", "data.max_length", "data.buckets", "train.eval_batch_size",
-    "mesh.data", "mesh.fsdp", "mesh.tensor", "generate.max_new_tokens", "generate.temperature", "generate.top_k",
-    "generate.top_p", "generate.seed", "generate.stop", "generate.batch_size", "generate.prompt_length",
-)
-
 
 # ---------------------------------------------------------------------------------------------
 # Fingerprints
@@ -195,6 +186,47 @@ def verify_export(model_dir: epath.Path, files: dict[str, str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# --mode=export: a trained run (or an export) to a Hugging Face directory
+
+
+def export_trained(source, export_dir, which: str = "best", overwrite: bool = False) -> str:
+    """Writes a trained model, with its tokenizer, to export_dir as a Hugging Face directory."""
+    if not export_dir:
+        raise wd.WorkdirError("--mode=export needs --export_dir=DIR")
+    target = wd.path(export_dir, "--export_dir")
+    check_export_dir(target, wd.path(source, "--workdir"), overwrite)
+    trained = load(source, which)
+    export(trained.model, trained.tokenizer, target, trained.config)
+    log.info("exported the %s model of %s to %s", which, source, target)
+    return str(target)
+
+
+def check_export_dir(target, source, overwrite: bool) -> None:
+    """Refuses an export directory that is a file, overlaps the model being read, is or lies in
+    a trained run, or lies in an export or a model. An earlier gptjax export is updated (its own
+    files replaced); another non-empty directory only with `overwrite`, and even then only the
+    files of the export's names are replaced."""
+    if target.exists() and not target.is_dir():
+        raise wd.WorkdirError(f"--export_dir={target}: is a file")
+    if wd.overlaps(target, source):
+        raise wd.WorkdirError(f"--export_dir={target}: overlaps the model being read ({source}); a reading "
+                              "mode writes nothing into it: export elsewhere")
+    found = wd.owner(target)
+    if found:
+        directory, what = found
+        itself = wd.same_path(directory, target)
+        if what == "a trained run" or not itself:
+            raise wd.WorkdirError(f"--export_dir={target}: {'is' if itself else 'lies inside'} {directory}, {what}; "
+                                  "export into an empty or new directory")
+        if what == "a gptjax export":
+            return  # updated: only its own files are replaced
+    if not overwrite and target.is_dir() and any(True for _ in target.iterdir()):
+        raise wd.WorkdirError(f"--export_dir={target}: not empty and not an earlier gptjax export; choose an empty "
+                              "or new directory (or pass --overwrite: the export's files are then written beside "
+                              "the others, replacing those of the same names)")
+
+
+# ---------------------------------------------------------------------------------------------
 # Reading
 
 
@@ -214,45 +246,6 @@ class Trained:
     @property
     def model(self):
         return self.steps.model()
-
-
-def config_from_json(saved: dict) -> ConfigDict:
-    """base_config() with the saved values set (tuples stay tuples, placeholders stay typed)."""
-    config = base_config()
-
-    def fill(node: ConfigDict, values: dict, prefix: str):
-        for key, value in values.items():
-            if key not in node:
-                log.warning("%s: unknown config key %s%s ignored (made by another gptjax version)", RUN_FILE, prefix, key)
-                continue
-            if isinstance(node[key], ConfigDict):
-                fill(node[key], value, f"{prefix}{key}.")
-            else:
-                node[key] = tuple(value) if isinstance(node[key], tuple) and isinstance(value, list) else value
-
-    fill(config, saved, "")
-    return config
-
-
-def apply_use_time(config: ConfigDict, overrides: dict[str, str]) -> ConfigDict:
-    """Applies --config.KEY=VALUE overrides to a trained run's config. Keys that describe the
-    trained model itself may be repeated with the run's own values (a training command with
-    --mode=eval added works) but not changed."""
-    from gptjax.config import apply_overrides
-
-    before = config_json(config)
-    config = apply_overrides(config, overrides)
-    after = config_json(config)
-    for key in sorted(overrides):
-        if key in USE_TIME_KEYS:
-            continue
-        was, now = _lookup(before, key), _lookup(after, key)
-        if was != now:
-            raise ConfigError(f"--config.{key}={overrides[key]}: the trained run has {key}={was!r}, which a reading "
-                              f"mode cannot change (it may change: {', '.join(USE_TIME_KEYS)})")
-    check_platform(validate(config))  # the one validation every mode's config goes through
-    return config
-
 
 
 def is_run(directory) -> bool:
@@ -292,7 +285,7 @@ def _on_mesh(tree, mesh):
 
 def _load_workdir(workdir: epath.Path, which: str, overrides: dict) -> Trained:
     run = wd.read_json(workdir / RUN_FILE, "run record")
-    config = apply_use_time(config_from_json(run["config"]), overrides)
+    config = apply_use_time(config_from_json(run["config"], RUN_FILE), overrides)
     mesh = sharding.make_mesh(config.mesh)
     graphdef, params = _abstract(run, config)
     partition = config_partition(config, nnx.merge(graphdef, params))
@@ -375,7 +368,7 @@ def load_export(model_dir, overrides: dict | None = None, *, head: str | None = 
     saved, files = _export_record(model_dir)
     if files is not None:
         verify_export(model_dir, files)
-    config = config_from_json(saved) if saved is not None else base_config()
+    config = config_from_json(saved, RUN_FILE) if saved is not None else base_config()
     kept = tasks.TASKS.get(config.task) if saved is not None else None
     if kept is not None and kept.architecture == task.architecture:
         task = kept  # token and tagging export as one class: the run's config tells them apart

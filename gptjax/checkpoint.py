@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import shutil
 import signal
@@ -26,62 +25,13 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
-from gptjax.config import base_config
-from gptjax.errors import CheckpointError, CheckpointSaveError, ConfigError, first_line
+from gptjax.errors import CheckpointError, CheckpointSaveError, first_line
 from gptjax.sharding import to_host
 from gptjax.workdir import check_checkpoint_path, is_local
 
 log = logging.getLogger("gptjax")
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on request; the same command resumes
-
-# Config keys a resumed run must share with its checkpoint: they fix the model's shape, the
-# labels, or the order in which batches come. Everything else (epochs, eval interval, logging,
-# patience) may change between runs.
-MUST_MATCH = (
-    "task", "model.name_or_path", "model.init", "model.arch", "tokenizer.name_or_path",
-    "tokenizer.vocab_size", "data.source", "data.hub_config", "data.max_length", "data.buckets",
-    "data.label_all_subwords", "data.synthetic_seed", "data.synthetic_sizes", "train.seed", "train.batch_size",
-    "train.freeze", "train.trainable_blocks", "lora.rank", "lora.alpha", "lora.targets",
-)
-
-
-def config_json(config) -> dict:
-    """The config as plain JSON values (tuples become lists), comparable across runs."""
-    return json.loads(config.to_json())
-
-
-_MISSING = object()
-
-
-def _lookup(tree: dict, key: str, missing=None):
-    for part in key.split("."):
-        tree = tree.get(part, missing) if isinstance(tree, dict) else missing
-    return tree
-
-
-def check_compatible(saved: dict, config, labels: list[str] | None, where) -> None:
-    """Refuses to resume from a checkpoint (or a run.json) that disagrees with the run in a way
-    that matters. `labels` None: not known yet (checked again once the data is read)."""
-    current = config_json(config)
-    defaults = None
-    for key in MUST_MATCH:
-        before, now = _lookup(saved["config"], key, _MISSING), _lookup(current, key)
-        if before is _MISSING:  # a key newer than the checkpoint: it was made with the default
-            defaults = defaults or config_json(base_config())
-            before = _lookup(defaults, key)
-        if isinstance(before, dict) and isinstance(now, dict) and before != now:  # name the sub-key: model.arch.n_layer
-            key, before, now = next((f"{key}.{k}", before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
-                                    if before.get(k) != now.get(k))
-        if before != now:
-            raise ConfigError(
-                f"{where}: the run was made with {key}={before!r} but this command has {key}={now!r}; "
-                f"resume with {key}={before!r}, or train with the new value in another --workdir"
-            )
-    if labels is not None and saved["labels"] != list(labels):
-        raise ConfigError(f"{where}: the run's labels {saved['labels']} differ from this data's {list(labels)}; "
-                          "resume needs the labels it started with (or train in another --workdir)")
-
 
 @jax.jit
 def _fingerprint_arrays(arrays):

@@ -157,8 +157,7 @@ def _main(args, overrides):
     if jax.process_count() > 1:
         for handler in logging.getLogger().handlers:
             handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [process {jax.process_index()}] %(message)s", "%H:%M:%S"))
-    from gptjax import predict, workdir_modes
-    from gptjax.artifact import load
+    from gptjax import artifact, evaluate, predict
     from gptjax.checkpoint import Preempted
     from gptjax.train import train_and_evaluate
 
@@ -180,14 +179,14 @@ def _main(args, overrides):
             run(config, args.workdir, config_name=args.config, results=args.results, steps=args.benchmark_steps,
                 warmup=args.benchmark_warmup)
         elif args.mode == "eval":
-            workdir_modes.evaluate(source, args.split, args.checkpoint, overrides, args.input, args.output)
+            evaluate.run(source, args.split, args.checkpoint, overrides, args.input, args.output)
         elif args.mode == "export":
-            workdir_modes.export(source, args.export_dir, args.checkpoint, args.overwrite)
+            artifact.export_trained(source, args.export_dir, args.checkpoint, args.overwrite)
         else:  # predict, generate: a causal LM's prediction is its continuation of each line
             from gptjax.text_generation import TextGenerator
 
-            trained = load(source, args.checkpoint, overrides)
-            generates = args.mode == "generate" or trained.task.predict is None
+            trained = artifact.load(source, args.checkpoint, overrides)
+            generates = args.mode == "generate" or trained.task.prediction is None
             predictor = TextGenerator(trained) if generates else predict.Predictor(trained)
             predict.run(predictor, args.input, args.output, reads=(source,))
     except Preempted as e:

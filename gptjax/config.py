@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
+import logging
 import math
 from pathlib import Path
 
 from ml_collections import ConfigDict, config_dict
 
 from gptjax.errors import ConfigError
+
+log = logging.getLogger("gptjax")
 
 # Inside the package, so a checkout, an editable install and a wheel all find them the same way.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -321,3 +325,108 @@ def check_platform(config: ConfigDict) -> None:
 
     if config.model.dtype == "float16" and jax.default_backend() == "cpu":
         raise ConfigError("model.dtype='float16': XLA:CPU has no float16 matmul; on a CPU use bfloat16 (or float32)")
+
+
+# ---------------------------------------------------------------------------------------------
+# What a trained run is made of, and what may change when it is used again
+
+# Config keys a resumed run must share with its checkpoint: they fix the model's shape, the
+# labels, or the order in which batches come. Everything else (epochs, eval interval, logging,
+# patience) may change between runs.
+MUST_MATCH = (
+    "task", "model.name_or_path", "model.init", "model.arch", "tokenizer.name_or_path",
+    "tokenizer.vocab_size", "data.source", "data.hub_config", "data.max_length", "data.buckets",
+    "data.label_all_subwords", "data.synthetic_seed", "data.synthetic_sizes", "train.seed", "train.batch_size",
+    "train.freeze", "train.trainable_blocks", "lora.rank", "lora.alpha", "lora.targets",
+)
+
+# Keys that say how to run a trained model, not what it is: a reading mode may change them.
+USE_TIME_KEYS = (
+    "model.dtype", "model.attention", "model.unroll", "data.max_length", "data.buckets", "train.eval_batch_size",
+    "mesh.data", "mesh.fsdp", "mesh.tensor", "generate.max_new_tokens", "generate.temperature", "generate.top_k",
+    "generate.top_p", "generate.seed", "generate.stop", "generate.batch_size", "generate.prompt_length",
+)
+
+
+def model_overrides(config: ConfigDict) -> dict:
+    """The model.* keys that change a GPT2Config (of a checkpoint, or a named size)."""
+    cfg = config.model
+    changes = {"dtype": cfg.dtype, "attention": cfg.attention, "remat": cfg.remat, "unroll": cfg.unroll}
+    if cfg.dropout is not None:
+        changes.update(resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout)
+    return changes
+
+
+def config_json(config: ConfigDict) -> dict:
+    """The config as plain JSON values (tuples become lists), comparable across runs."""
+    return json.loads(config.to_json())
+
+
+_MISSING = object()
+
+
+def config_from_json(saved: dict, where: str) -> ConfigDict:
+    """base_config() with the saved values (config_json's dict, read from `where`) set: tuples
+    stay tuples, placeholders stay typed."""
+    config = base_config()
+
+    def fill(node: ConfigDict, values: dict, prefix: str):
+        for key, value in values.items():
+            if key not in node:
+                log.warning("%s: unknown config key %s%s ignored (made by another gptjax version)", where, prefix, key)
+                continue
+            if isinstance(node[key], ConfigDict):
+                fill(node[key], value, f"{prefix}{key}.")
+            else:
+                node[key] = tuple(value) if isinstance(node[key], tuple) and isinstance(value, list) else value
+
+    fill(config, saved, "")
+    return config
+
+
+def lookup(tree: dict, key: str, missing=None):
+    """The value of a dotted key (model.arch.n_layer) in config_json's dict; `missing` if absent."""
+    for part in key.split("."):
+        tree = tree.get(part, missing) if isinstance(tree, dict) else missing
+    return tree
+
+
+def check_compatible(saved: dict, config: ConfigDict, labels: list[str] | None, where) -> None:
+    """Refuses to resume from a checkpoint (or a run.json) that disagrees with the run in a way
+    that matters. `labels` None: not known yet (checked again once the data is read)."""
+    current = config_json(config)
+    defaults = None
+    for key in MUST_MATCH:
+        before, now = lookup(saved["config"], key, _MISSING), lookup(current, key)
+        if before is _MISSING:  # a key newer than the checkpoint: it was made with the default
+            defaults = defaults or config_json(base_config())
+            before = lookup(defaults, key)
+        if isinstance(before, dict) and isinstance(now, dict) and before != now:  # name the sub-key: model.arch.n_layer
+            key, before, now = next((f"{key}.{k}", before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
+                                    if before.get(k) != now.get(k))
+        if before != now:
+            raise ConfigError(
+                f"{where}: the run was made with {key}={before!r} but this command has {key}={now!r}; "
+                f"resume with {key}={before!r}, or train with the new value in another --workdir"
+            )
+    if labels is not None and saved["labels"] != list(labels):
+        raise ConfigError(f"{where}: the run's labels {saved['labels']} differ from this data's {list(labels)}; "
+                          "resume needs the labels it started with (or train in another --workdir)")
+
+
+def apply_use_time(config: ConfigDict, overrides: dict[str, str]) -> ConfigDict:
+    """Applies --config.KEY=VALUE overrides to a trained run's config. Keys that describe the
+    trained model itself may be repeated with the run's own values (a training command with
+    --mode=eval added works) but not changed."""
+    before = config_json(config)
+    config = apply_overrides(config, overrides)
+    after = config_json(config)
+    for key in sorted(overrides):
+        if key in USE_TIME_KEYS:
+            continue
+        was, now = lookup(before, key), lookup(after, key)
+        if was != now:
+            raise ConfigError(f"--config.{key}={overrides[key]}: the trained run has {key}={was!r}, which a reading "
+                              f"mode cannot change (it may change: {', '.join(USE_TIME_KEYS)})")
+    check_platform(validate(config))  # the one validation every mode's config goes through
+    return config

@@ -17,8 +17,7 @@ from urllib.parse import urlparse
 
 
 from gptjax import artifact, partition, tasks
-from gptjax.checkpoint import check_compatible
-from gptjax.config import check_generation
+from gptjax.config import check_compatible, check_generation, model_overrides
 from gptjax.data.batching import buckets_for
 from gptjax.data.encode import EncodedSplit, pad_token_id
 from gptjax.data.examples import CompletionExample
@@ -129,14 +128,6 @@ def tokenizer_for(config, train_examples, model_dir: Path | None):
         return load_tokenizer(name, task.prefix_space)
     except Exception as e:  # noqa: BLE001
         raise SetupError(f"tokenizer {name!r}: could not load it ({type(e).__name__}: {e}).\n{OFFLINE_HINT}") from e
-
-
-def model_overrides(config) -> dict:
-    cfg = config.model
-    changes = {"dtype": cfg.dtype, "attention": cfg.attention, "remat": cfg.remat, "unroll": cfg.unroll}
-    if cfg.dropout is not None:
-        changes.update(resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout)
-    return changes
 
 
 def build_model(config, vocab: LabelVocab, tokenizer, model_dir: Path | None) -> GPT2:

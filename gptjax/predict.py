@@ -43,7 +43,7 @@ import jax
 import numpy as np
 from seqeval.scheme import IOB2, Entities
 
-from gptjax import evaluation, sharding, workdir as wd
+from gptjax import metrics, sharding, workdir as wd
 from gptjax.data.batching import buckets_for, epoch_batches
 from gptjax.data.encode import EncodedSplit, encode_sequence_split, encode_token_split, pad_token_id
 from gptjax.data.examples import SequenceExample, TokenExample
@@ -104,7 +104,7 @@ def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
 @dataclasses.dataclass
 class Predictor:
     """A trained model (gptjax/artifact.py's Trained) with what it needs to read text. What it
-    writes for a line is its task's (gptjax/tasks.py: Task.predict, one of the functions below)."""
+    writes for a line is its task's (gptjax/tasks.py: Task.prediction names one of OUTPUTS)."""
 
     trained: Any
 
@@ -113,7 +113,7 @@ class Predictor:
 
         t = self.trained
         self.task, self.labels, self.tokenizer, self.steps = t.task, t.labels, t.tokenizer, t.steps
-        if self.task.predict is None:
+        if self.task.prediction is None:
             raise ConfigError(f"a Predictor does not apply to a {self.task.name} model: it writes text "
                               "(--mode=predict and --mode=generate continue each line with gptjax/text_generation.py)")
         self.max_length = t.config.data.max_length
@@ -135,7 +135,7 @@ class Predictor:
 
     def predict(self, lines: list[str], numbers: list[int] | None = None) -> list[dict]:
         """One output object per line (see the module docstring)."""
-        return self.task.predict(self, lines, numbers or list(range(1, len(lines) + 1)))
+        return OUTPUTS[self.task.prediction](self, lines, numbers or list(range(1, len(lines) + 1)))
 
     def truncate(self, encoded: EncodedSplit, numbers: list[int]) -> tuple[EncodedSplit, list[bool]]:
         """Cuts examples to max_length as encoding for training does, but knowing which were cut."""
@@ -183,7 +183,7 @@ def predict_tags(predictor: Predictor, lines: list[str], numbers: list[int]) -> 
     examples = [TokenExample(tuple(w for w, _, _ in words[i]), (filler,) * len(words[i])) for i in kept]
     encoded = encode_token_split(examples, p.tokenizer, p.vocab, max_length=2**62)
     encoded, cut = p.truncate(encoded, [numbers[i] for i in kept])
-    tags = evaluation.TokenEvaluator(examples, p.labels).predict(p.run, p.batches(encoded)) if kept else []
+    tags = metrics.TokenEvaluator(examples, p.labels).predict(p.run, p.batches(encoded)) if kept else []
     out = [{"line": n, "text": line, "words": [], "offsets": [], "tags": [], "truncated": False}
            for n, line in zip(numbers, lines)]
     iob2 = is_iob2(p.labels)
@@ -223,6 +223,10 @@ def predict_label(predictor: Predictor, lines: list[str], numbers: list[int]) ->
         out[i].update(label=p.labels[ids[k]], truncated=cut[k],
                       probabilities={name: float(q) for name, q in zip(p.labels, probs[k])})
     return out
+
+
+# What --mode=predict writes a line, by a task's Task.prediction.
+OUTPUTS = {"tags": predict_tags, "label": predict_label}
 
 
 def run(predictor, input_path: str | None = None, output_path: str | None = None, reads=()) -> int:

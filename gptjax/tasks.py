@@ -1,5 +1,7 @@
 """A task is one entry here: its head, how its data is read, labelled, tokenised and scored, what
---mode=predict writes for it, and the class its export loads as.
+--mode=predict writes for it, and the class its export loads as. The registry is a leaf: it names
+the data stages and the metrics it uses, and no mode; a mode looks up what it does for a task by
+one of the task's fields (gptjax/predict.py: Task.prediction).
 
 The rest of gptjax looks a task up by name (config.task, or the task run.json records) and uses
 its fields; no other module asks which task it is. The loss is every task's masked cross-entropy
@@ -14,14 +16,13 @@ from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
 
-from gptjax import evaluation, predict
+from gptjax import metrics
 from gptjax.config import base_config
 from gptjax.data import encode, readers, synthetic
 from gptjax.data.encode import EncodedSplit
 from gptjax.data.examples import CompletionExample, lm_texts, word_texts
 from gptjax.data.labels import LabelVocab, check_iob2, check_sequence_labels, check_token_labels, name_labels
 from gptjax.errors import ConfigError
-from gptjax.hf import ARCHITECTURES, HEAD_MODULE
 
 DataConfig = Any  # config.data (an ml_collections ConfigDict)
 
@@ -55,17 +56,20 @@ class Task:
     # Scoring: which of the steps' outputs its evaluator reads, the evaluator over one encoded
     # split (labels; a completions function or None), and report.txt's headline lines.
     scores_from: Callable[[Any], Callable]  # steps.Steps -> its predict (class ids) or nll (NLL sums)
-    evaluator: Callable[[EncodedSplit, list[str], evaluation.CompletionsFn | None], Any]
+    evaluator: Callable[[EncodedSplit, list[str], metrics.CompletionsFn | None], Any]
     summary: Callable[[dict], list[str]]
 
     # Using a trained model
-    predict: Callable | None  # --mode=predict: (Predictor, lines, line numbers) -> output objects
+    prediction: str | None  # what --mode=predict writes a line: "tags" or "label" (predict.OUTPUTS); None: text
     benchmark_labels: int  # classes of benchmark mode's random head (0: no classifier)
     outside_tag: bool = False  # its tags have an O, which data.unknown_label='map_to_o' may map unseen tags to
 
     @property
     def architecture(self) -> str:
         """The transformers class an export of this task loads as."""
+        # Imported here, not at the top: the registry imports no model code.
+        from gptjax.hf import ARCHITECTURES
+
         return ARCHITECTURES[self.head]
 
     def load_splits(self, source: str, data_config: DataConfig | None = None,
@@ -79,11 +83,13 @@ class Task:
     def improves(self, score: float, best: float | None) -> bool:
         return best is None or (score > best if self.higher_is_better else score < best)
 
-    def format_report(self, name: str, metrics: dict) -> str:
-        return evaluation.format_report(name, metrics, self.summary)
+    def format_report(self, name: str, scores: dict) -> str:
+        return metrics.format_report(name, scores, self.summary)
 
     def check_config(self, config) -> None:
         """Refuses settings this task cannot train with, before any data is read."""
+        from gptjax.hf import HEAD_MODULE  # as in `architecture`: the registry imports no model code
+
         if config.data.unknown_label == "map_to_o" and not self.outside_tag:
             raise ConfigError(f"data.unknown_label='map_to_o' does not apply to task={self.name!r}: its labels have no "
                               "O to map to; use data.unknown_label='error'")
@@ -107,11 +113,11 @@ def _checked_tags(splits: dict, cfg: DataConfig) -> dict:
     return splits
 
 
-def _lm_evaluator(encoded: EncodedSplit, labels, completions_fn) -> evaluation.CausalLMEvaluator:
+def _lm_evaluator(encoded: EncodedSplit, labels, completions_fn) -> metrics.CausalLMEvaluator:
     pairs = None
     if encoded.examples and isinstance(encoded.examples[0], CompletionExample):
         pairs = [(ex.prompt, ex.completion) for ex in encoded.examples]
-    return evaluation.CausalLMEvaluator(len(encoded), pairs, completions_fn)
+    return metrics.CausalLMEvaluator(len(encoded), pairs, completions_fn)
 
 
 def _write_ner_corpus(seed: int, sizes: Sequence[int], directory: str) -> None:
@@ -132,17 +138,17 @@ TOKEN = Task(
         examples, tokenizer, vocab, cfg.max_length, cfg.label_all_subwords),
     per_token=True,
     scores_from=attrgetter("predict"),
-    evaluator=lambda encoded, labels, completions_fn: evaluation.TokenEvaluator(encoded.examples, labels),
-    summary=evaluation.token_summary,
-    predict=predict.predict_tags, benchmark_labels=9,  # CoNLL-2003's tags
+    evaluator=lambda encoded, labels, completions_fn: metrics.TokenEvaluator(encoded.examples, labels),
+    summary=metrics.token_summary,
+    prediction="tags", benchmark_labels=9,  # CoNLL-2003's tags
     outside_tag=True,
 )
 
 # Word tags without entities (part of speech): read and tokenised as TOKEN's, scored by accuracy.
 TAGGING = dataclasses.replace(
     TOKEN, name="tagging", primary_metric="accuracy", check=_named, synthetic=None,
-    evaluator=lambda encoded, labels, completions_fn: evaluation.TagEvaluator(encoded.examples, labels),
-    summary=evaluation.tag_summary, benchmark_labels=17, outside_tag=False,  # Universal Dependencies' UPOS tags
+    evaluator=lambda encoded, labels, completions_fn: metrics.TagEvaluator(encoded.examples, labels),
+    summary=metrics.tag_summary, benchmark_labels=17, outside_tag=False,  # Universal Dependencies' UPOS tags
 )
 
 SEQUENCE = Task(
@@ -159,9 +165,9 @@ SEQUENCE = Task(
     encode=lambda examples, tokenizer, vocab, cfg: encode.encode_sequence_split(examples, tokenizer, vocab, cfg.max_length),
     per_token=False,
     scores_from=attrgetter("predict"),
-    evaluator=lambda encoded, labels, completions_fn: evaluation.SequenceEvaluator(encoded.examples, labels),
-    summary=evaluation.sequence_summary,
-    predict=predict.predict_label, benchmark_labels=2,  # binary sentiment
+    evaluator=lambda encoded, labels, completions_fn: metrics.SequenceEvaluator(encoded.examples, labels),
+    summary=metrics.sequence_summary,
+    prediction="label", benchmark_labels=2,  # binary sentiment
 )
 
 CAUSAL_LM = Task(
@@ -177,8 +183,8 @@ CAUSAL_LM = Task(
     per_token=True,
     scores_from=attrgetter("nll"),
     evaluator=_lm_evaluator,
-    summary=evaluation.lm_summary,
-    predict=None,  # it writes text: generation, not a label a line
+    summary=metrics.lm_summary,
+    prediction=None,  # it writes text: generation, not a label a line
     benchmark_labels=0,
 )
 

@@ -1,6 +1,6 @@
-"""The loop: train_and_evaluate(config, workdir) trains, evaluates each epoch, keeps the best
-model, and leaves the workdir a self-contained artifact (gptjax/artifact.py). The steps it runs
-come from gptjax/steps.py, as everything else's do.
+"""The loop: train_and_evaluate(config, workdir) trains, evaluates each epoch (gptjax/evaluate.py),
+keeps the best model, and leaves the workdir a self-contained artifact (gptjax/artifact.py). The
+steps it runs come from gptjax/steps.py, as everything else's do.
 """
 
 from __future__ import annotations
@@ -10,63 +10,17 @@ import logging
 
 import jax
 
-from gptjax import artifact, evaluation, partition, sharding, tasks, workdir as wd
-from gptjax.checkpoint import Checkpoints, Preempted, PreemptionGuard, abstract_like, check_compatible, config_json
-from gptjax.config import check_platform, validate
-from gptjax.data.batching import buckets_for, epoch_batches, num_batches
-from gptjax.data.encode import EncodedSplit, pad_token_id
+from gptjax import artifact, partition, sharding, workdir as wd
+from gptjax.checkpoint import Checkpoints, Preempted, PreemptionGuard, abstract_like
+from gptjax.config import check_compatible, check_platform, config_json, validate
+from gptjax.data.batching import epoch_batches, num_batches
 from gptjax.errors import ConfigError
+from gptjax.evaluate import evaluate_encoded, process_batch, scalar_metrics
 from gptjax.experiment import prepare
 from gptjax.reporting import Reporter
 from gptjax.steps import build_steps
 
 log = logging.getLogger("gptjax")
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def evaluate_encoded(task: tasks.Task, encoded: EncodedSplit, labels, steps, config, tokenizer, params=None) -> dict:
-    """Metrics of one encoded split through the shared evaluation module; every example counted.
-    `params`: what trains, if not the steps' own (the best model's, say)."""
-    evaluator = task.evaluator(encoded, labels, completions_fn(steps, tokenizer, config, params))
-    batches = epoch_batches(encoded, config.train.eval_batch_size, buckets=buckets_for(config.data),
-                            pad_id=pad_token_id(tokenizer))
-    rows = sharding.process_rows(config.train.eval_batch_size)
-    step = task.scores_from(steps)  # class ids, or a causal LM's per-row NLL sums
-    return evaluator.run(lambda b: sharding.to_host(step(sharding.put_batch(_rows(b, rows), steps.mesh), params)),
-                         batches)
-
-
-def completions_fn(steps, tokenizer, config, params=None) -> evaluation.CompletionsFn | None:
-    """The model's greedy completion of each prompt (text), which a causal LM's exact_match on
-    prompt/completion data scores: up to generate.max_new_tokens tokens, ended by EOS."""
-    from gptjax.decoding import generate
-
-    g = config.generate
-
-    def complete(prompts):
-        results = generate(steps.model(params), tokenizer, prompts, mesh=steps.mesh, batch_size=g.batch_size,
-                           max_new_tokens=g.max_new_tokens, truncate=True)
-        return [r.completion for r in results]
-
-    return complete
-
-
-
-def _rows(batch, rows: slice):
-    """This process's rows of a batch (all of them with one process)."""
-    return batch if jax.process_count() == 1 else {k: v[rows] for k, v in batch.items()}
-
-
-def scalar_metrics(metrics: dict) -> dict:
-    """The numbers of a metrics dict (the per-type tables too), without the report text."""
-    return {k: v for k, v in metrics.items() if k != "report"}
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop
 
 
 @dataclasses.dataclass
@@ -174,7 +128,7 @@ def _train(config, workdir) -> dict:
                 if step >= total_steps:
                     break
                 reporter.count_tokens(int(batch["attention_mask"].sum()))
-                metrics = steps.train(sharding.put_batch(_rows(batch, rows), mesh))
+                metrics = steps.train(sharding.put_batch(process_batch(batch, rows), mesh))
                 step += 1
                 progress.offset += 1
                 reporter.pending(step, metrics)

@@ -104,7 +104,7 @@ def evaluation_predictions(workdir, split="test"):
     from gptjax import artifact, sharding
     from gptjax.data.batching import buckets_for, epoch_batches
     from gptjax.data.encode import pad_token_id
-    from gptjax.workdir_modes import encoded_split
+    from gptjax.evaluate import encoded_split
 
     trained = artifact.load(workdir)
     encoded = encoded_split(trained, split)

@@ -78,7 +78,7 @@ def test_workdir_is_used_without_data_config_or_writes(trained_run, small_ner, t
 def test_eval_matches_training_results_and_the_export(trained_run, small_ner):
     workdir, _ = trained_run
     results = json.loads((workdir / "results.json").read_text())
-    from gptjax.workdir_modes import evaluate
+    from gptjax.evaluate import run as evaluate
 
     metrics = evaluate(str(workdir), input_file=str(small_ner / "test.conll"))
     assert metrics["f1"] == pytest.approx(results["test"]["f1"])

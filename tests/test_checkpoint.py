@@ -17,7 +17,8 @@ import pytest
 from conftest import tiny_config
 from gptjax import train
 from gptjax.reporting import read_metrics
-from gptjax.checkpoint import PREEMPTED_EXIT_CODE, check_compatible, config_json
+from gptjax.checkpoint import PREEMPTED_EXIT_CODE
+from gptjax.config import check_compatible, config_json
 from gptjax.errors import ConfigError
 from gptjax.errors import NonFiniteError
 

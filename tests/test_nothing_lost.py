@@ -458,7 +458,7 @@ def test_pos_tags_train_as_tagging_and_are_refused_as_entities(tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["test"]["accuracy"] > 0.8 and "per_tag" in results["test"]
     assert main("--mode=export", f"--workdir={tmp_path / 'run'}", f"--export_dir={tmp_path / 'hf'}") == ""
-    from gptjax.workdir_modes import evaluate
+    from gptjax.evaluate import run as evaluate
 
     exported = evaluate(str(tmp_path / "hf"), input_file=str(data / "test.conll"))
     assert exported["accuracy"] == pytest.approx(results["test"]["accuracy"], abs=1e-6)

@@ -1,10 +1,12 @@
 """The task registry, and the causal-LM task end to end: reading and packing text, completion-only
-labels, perplexity against a direct computation, a tiny run, its export in transformers, LoRA and
-freezing, eval without the training data."""
+labels, a tiny run, its export in transformers, LoRA and freezing, eval without the training data
+(perplexity against a direct computation: tests/test_evaluate.py)."""
 
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
-from gptjax import artifact, model as model_lib, partition, sharding, tasks, train
+from gptjax import artifact, evaluate, model as model_lib, partition, sharding, tasks, train
 from gptjax.config import base_config
 from gptjax.errors import ConfigError
 from gptjax.data import batching, encode, readers, synthetic
@@ -26,10 +28,14 @@ DOCUMENTS = ["the cat sat on the mat .", "a dog ran .", "the day after monday is
 PAIRS = [("2 + 2 =", " 4"), ("the capital of peru is", " lima"), ("count : one two", " three four")]
 
 
-@pytest.fixture(scope="module")
-def tok():
+def lm_tokenizer():
     texts = DOCUMENTS + [p + c for p, c in PAIRS]
     return train_tokenizer(texts, vocab_size=300, add_prefix_space=False)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return lm_tokenizer()
 
 
 def write(path, text):
@@ -51,6 +57,21 @@ def test_every_task_is_one_complete_entry():
     assert tasks.TAGGING.primary_metric == "accuracy" and tasks.TAGGING.higher_is_better
     with pytest.raises(ConfigError, match="task='span': choose one of token, tagging, sequence, causal_lm"):
         tasks.get("span")
+    from gptjax.predict import OUTPUTS
+
+    assert all(task.prediction is None or task.prediction in OUTPUTS for task in tasks.TASKS.values())
+
+
+def test_the_registry_imports_no_mode():
+    """The modes look up what they do for a task by its fields; the registry imports none of them
+    (nor the model, nor JAX)."""
+    code = "import sys, gptjax.tasks; print(*sorted(m for m in sys.modules if m.split('.')[0] in ('gptjax', 'jax')))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent.parent).stdout.split())
+    assert "gptjax.tasks" in loaded
+    modes = {"gptjax.predict", "gptjax.evaluate", "gptjax.train", "gptjax.artifact", "gptjax.experiment",
+             "gptjax.text_generation", "gptjax.steps", "gptjax.model", "gptjax.hf", "jax"}
+    assert not loaded & modes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +162,7 @@ def test_completion_loss_counts_the_completion_and_its_eos_only(tok):
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation
+# A tiny causal LM (gptjax/evaluate.py's tests use it too)
 
 
 def lm_config(**overrides):
@@ -160,52 +181,6 @@ def tiny_lm(tok, seed=0):
     cfg = model_lib.GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=32, n_layer=1, n_head=2,
                                bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
     return model_lib.init_model(cfg, "causal_lm", seed=seed)
-
-
-def test_perplexity_is_the_token_weighted_mean_nll(tok):
-    from gptjax.steps import build_steps
-
-    config = lm_config()
-    encoded = encode.pack_documents([TextExample(d) for d in DOCUMENTS[:9]], tok, 16)
-    model = tiny_lm(tok)
-    # Direct: every block alone, log-softmax in float64, the NLL of each label, one mean over all.
-    nll = []
-    for ids, labels in zip(encoded.input_ids, encoded.labels):
-        logits = np.asarray(model(ids[None]), np.float64)[0]
-        logits -= logits.max(-1, keepdims=True)
-        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        nll += (-log_probs[np.arange(len(labels)), labels]).tolist()
-    steps = build_steps(config, model, sharding.make_mesh(config.mesh))
-    metrics = train.evaluate_encoded(tasks.CAUSAL_LM, encoded, [], steps, config, tok)
-    batches = batching.epoch_batches(encoded, 2, buckets=batching.buckets_for(config.data), pad_id=tok.eos_token_id)
-    assert any((b["example_index"] < 0).any() for b in batches)  # a padding row, which must not count
-    assert metrics["tokens"] == len(nll) == sum(map(len, encoded.labels))
-    assert metrics["loss"] == pytest.approx(np.mean(nll), rel=1e-5)
-    assert metrics["perplexity"] == pytest.approx(math.exp(np.mean(nll)), rel=1e-5)
-    assert math.log(len(tok)) - 0.5 < metrics["loss"] < math.log(len(tok)) + 0.5  # untrained: about uniform
-
-
-def test_exact_match_through_a_completions_hook():
-    pairs = [("a", " b"), ("c", " d"), ("e", " f"), ("g", " h")]
-
-    def nll_fn(batch):  # 2 tokens of NLL 1.0 a row
-        return np.full(len(batch["example_index"]), 2.0), np.full(len(batch["example_index"]), 2)
-
-    asked = []
-
-    def completions_fn(prompts):
-        asked.extend(prompts)
-        return ["b", " x", " f\n", "h "]  # surrounding whitespace does not count
-
-    batches = [{"example_index": np.array([0, 1])}, {"example_index": np.array([2, 3])}]
-    from gptjax.evaluation import CausalLMEvaluator
-
-    metrics = CausalLMEvaluator(4, pairs, completions_fn).run(nll_fn, batches)
-    assert asked == ["a", "c", "e", "g"]
-    assert metrics["exact_match"] == 0.75 and metrics["loss"] == 1.0 and metrics["tokens"] == 8
-    assert "exact_match" not in CausalLMEvaluator(4, pairs).run(nll_fn, batches)  # no hook: left out
-    with pytest.raises(ValueError, match="more than once"):
-        CausalLMEvaluator(4).run(nll_fn, batches + batches[:1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +214,7 @@ def untrained_loss(config, tmp_path):
 
     exp = prepare(config, tmp_path)
     steps = build_steps(config, exp.model, sharding.make_mesh(config.mesh))
-    return train.evaluate_encoded(exp.task, exp.encoded["validation"], [], steps, config, exp.tokenizer)["loss"]
+    return evaluate.evaluate_encoded(exp.task, exp.encoded["validation"], [], steps, config, exp.tokenizer)["loss"]
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +257,7 @@ def test_causal_lm_export_is_a_gpt2_lm_head_model_with_the_same_logits(lm_run):
 
 def test_causal_lm_eval_without_the_training_data_and_predict_says_no(lm_run, lm_dir):
     from gptjax.predict import Predictor
-    from gptjax.workdir_modes import evaluate
+    from gptjax.evaluate import run as evaluate
 
     workdir, results, _, data_copy = lm_run
     shutil.rmtree(data_copy)
@@ -337,7 +312,7 @@ def test_prompt_completion_run_scores_exact_match_through_the_hook(tmp_path, mon
     def fake_completions_fn(steps, tokenizer, config, params=None):
         return complete
 
-    monkeypatch.setattr(train, "completions_fn", fake_completions_fn)
+    monkeypatch.setattr(evaluate, "completions_fn", fake_completions_fn)
     config = tiny_config("causal_lm", tmp_path, **{**LM_RUN, "train.max_steps": 3, "train.num_epochs": 1,
                                                    "generate.max_new_tokens": 8})  # within n_positions=32
     results = train.train_and_evaluate(config, str(tmp_path / "run"))

@@ -61,7 +61,7 @@ def peak_memory(mesh, compiled) -> tuple[int | None, str]:
 def model_config_of(config):
     """The config's architecture without a download: a named size (random weights), or a local
     checkpoint's config.json; vocab_size as training would have it."""
-    from gptjax.experiment import model_overrides
+    from gptjax.config import model_overrides
     from gptjax.model import SIZES, GPT2Config
 
     cfg = config.model

@@ -1,4 +1,4 @@
-"""Tests for gptjax.evaluation: metrics against seqeval / scikit-learn, and batch bookkeeping."""
+"""Tests for gptjax.metrics: metrics against seqeval / scikit-learn, and batch bookkeeping."""
 
 import random
 import warnings
@@ -10,7 +10,7 @@ from seqeval import metrics as sq
 from seqeval.scheme import IOB2
 from sklearn import metrics as skm
 
-from gptjax import evaluation as ev
+from gptjax import metrics as ev
 
 TYPES = ["PER", "LOC", "ORG"]
 ID2LABEL = ["O"] + [f"{p}-{t}" for t in TYPES for p in ("B", "I")]

@@ -1,7 +1,8 @@
-"""One evaluation module for token, sequence and causal-LM tasks.
+"""The metrics of token, sequence and causal-LM tasks, on the host.
 
-Training (the per-epoch validation pass), ``--mode=eval`` and the tests all call the same code, so
-a figure in a log, in report.txt and in a test means the same thing.
+Training (the per-epoch validation pass), ``--mode=eval`` and the tests all score through here
+(gptjax/evaluate.py runs the model over the batches), so a figure in a log, in report.txt and in
+a test means the same thing.
 
 - Token tasks (NER and friends): the headline figure is seqeval entity F1 with
   ``mode='strict', scheme=IOB2``. The conlleval-compatible figure (seqeval's default mode, which
@@ -12,7 +13,7 @@ a figure in a log, in report.txt and in a test means the same thing.
 - Causal LM: ``loss``, the mean negative log-likelihood of every labelled token (token-weighted:
   the sum over the split's tokens over their number, each token once), and ``perplexity``, its
   exponential; for prompt/completion data also ``exact_match`` of the model's completions, when a
-  function that writes them is given (generation lives elsewhere: gptjax/train.py's
+  function that writes them is given (generation lives elsewhere: gptjax/evaluate.py's
   completions_fn is where it is connected).
 
 Gold truth always comes from the split's examples, never from the batch labels: an example whose
