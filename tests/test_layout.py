@@ -78,3 +78,18 @@ def test_no_torch_in_the_package():
     # torch is a test-only dependency: the PyTorch side of the benchmarks lives in benchmarks/.
     torch = [(m, n) for m, p in MODULES.items() for n, _ in _imports(p) if n.split(".")[0] == "torch"]
     assert not torch
+
+
+def test_the_public_api_resolves_lazily_and_help_names_it():
+    import subprocess
+    import sys
+
+    code = ("import sys, pydoc, gptjax\n"
+            "assert 'jax' not in sys.modules, 'import gptjax imported jax'\n"
+            "text = pydoc.render_doc(gptjax, renderer=pydoc.plaintext)\n"
+            "missing = [n for n in gptjax.__all__ if n not in text]\n"
+            "assert not missing, missing\n"
+            "assert all(callable(getattr(gptjax, n)) or n in ('HEADS', 'SIZES') for n in gptjax.__all__)\n"
+            "assert set(gptjax.__all__) <= set(dir(gptjax)) and gptjax.__version__\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
