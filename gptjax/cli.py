@@ -16,8 +16,8 @@
                  GPT2LMHeadModel export or hub id); generate.* keys set the decoding
                benchmark: time the config's train and eval steps on synthetic batches (random
                  weights, no data), or with --benchmark=generate decoding at generate.batch_size,
-                 prompt_length and max_new_tokens beside transformers' generate; writes
-                 WORKDIR/benchmark.json, appends records to --results
+                 prompt_length and max_new_tokens (benchmarks/generate.py times transformers'
+                 generate beside it); writes WORKDIR/benchmark.json, appends records to --results
                eval, export, predict, generate take a trained --workdir or an export as --model_dir, need
                no --config and no training data, and write nothing into the run; overrides may
                change only how the model runs (dtype, attention, lengths, eval batch size, mesh)
@@ -33,6 +33,7 @@ import os
 import signal
 import sys
 
+import gptjax
 from gptjax import workdir as wd
 from gptjax.config import apply_overrides, check_platform, load_config, validate
 from gptjax.errors import ConfigError, GptjaxError, WorkdirError
@@ -51,6 +52,7 @@ def parse_args(argv):
     parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config")
     parser.add_argument("--workdir")
+    parser.add_argument("--version", action="version", version=f"gptjax {gptjax.__version__}")
     parser.add_argument("--mode", default="train", choices=("train", "eval", "export", "benchmark", "predict", "generate"))
     parser.add_argument("--benchmark", default="train", choices=("train", "generate"),
                         help="benchmark: the train and eval steps, or decoding (generate.* shapes)")

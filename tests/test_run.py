@@ -1,5 +1,6 @@
 """End to end through run.py: train on small files, check every output, reload the export."""
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -216,3 +217,8 @@ def test_demo_reaches_its_f1_in_float32_and_bfloat16(tmp_path):
         f1[dtype] = train_and_evaluate(config, str(tmp_path / dtype))["test"]["f1"]
     assert f1["float32"] >= 0.9, f1
     assert abs(f1["bfloat16"] - f1["float32"]) < 0.03, f1
+
+
+def test_version():
+    done = subprocess.run([sys.executable, "-m", "gptjax", "--version"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == f"gptjax {importlib.metadata.version('gptjax')}"
