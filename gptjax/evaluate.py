@@ -16,8 +16,8 @@ from gptjax import artifact, metrics, sharding, tasks, workdir as wd
 from gptjax.data.batching import buckets_for, epoch_batches
 from gptjax.data.encode import EncodedSplit, pad_token_id
 from gptjax.data.labels import LabelVocab
+from gptjax.data.sources import load_data
 from gptjax.errors import DataError
-from gptjax.experiment import load_data
 
 
 def evaluate_encoded(task: tasks.Task, encoded: EncodedSplit, labels, steps, config, tokenizer, params=None) -> dict:

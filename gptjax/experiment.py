@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import socket
-import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 
 from gptjax import artifact, partition, tasks
@@ -22,49 +18,13 @@ from gptjax.data.batching import buckets_for
 from gptjax.data.encode import EncodedSplit, pad_token_id
 from gptjax.data.examples import CompletionExample
 from gptjax.data.labels import IGNORE_INDEX, LabelVocab
+from gptjax.data.sources import OFFLINE_HINT, is_hub_id, load_data, use_cache_only_if_hub_unreachable
 from gptjax.errors import CheckpointError, ConfigError, DataError, SetupError
 from gptjax.hf import from_pretrained, resolve_checkpoint
 from gptjax.model import GPT2, GPT2Config, init_model
 from gptjax.tokenizer import load_run_tokenizer, load_tokenizer, tokenizer_fingerprint, train_tokenizer
 
 log = logging.getLogger("gptjax")
-OFFLINE_HINT = (
-    "Without the Hugging Face Hub, point --config.model.name_or_path at a local directory with "
-    "config.json and model.safetensors (and tokenizer files), --config.data.source at a directory "
-    "with train/validation/test files, or run --config=demo or --config=lm_demo, which need no "
-    "download."
-)
-
-
-
-def is_hub_id(name: str | None) -> bool:
-    return bool(name) and name not in ("synthetic", "train") and not os.path.exists(name) and not name.startswith(("/", ".", "~"))
-
-
-def use_cache_only_if_hub_unreachable(timeout: float = 3.0) -> None:
-    """Probes the hub once; if it cannot be reached, switches huggingface_hub and datasets to
-    their offline mode, so cached files still load and missing ones fail at once instead of
-    after a minute of retries."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return
-    host = urlparse(constants.ENDPOINT).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return
-    except OSError:
-        log.warning("the Hugging Face Hub (%s) is unreachable: using the local cache only", host)
-    constants.HF_HUB_OFFLINE = True
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        import datasets
-
-        datasets.config.HF_HUB_OFFLINE = True
-    except ImportError:
-        pass
-
-
 @dataclasses.dataclass
 class Experiment:
     config: Any
@@ -76,45 +36,6 @@ class Experiment:
     pad_id: int
     model: GPT2 | None = None
     fingerprint: dict | None = None  # artifact.data_fingerprint of the splits
-
-
-def load_data(config, names=None) -> dict[str, list]:
-    """{split: examples} of the config's source; `names` picks splits (default: all the run
-    uses)."""
-    cfg = config.data
-    source = cfg.source
-    if source is None:
-        raise ConfigError("data.source is not set: a hub dataset id, a local directory, or 'synthetic'")
-    if source == "synthetic":
-        task = tasks.get(config.task)
-        if task.synthetic is None:
-            have = ", ".join(t.name for t in tasks.TASKS.values() if t.synthetic is not None)
-            raise ConfigError(f"data.source='synthetic': there is no synthetic corpus for task={task.name!r} ({have} have one)")
-        # Written out as split files (the same on every process: it is made from a seed), so the
-        # demos run through the same reader as real data.
-        with tempfile.TemporaryDirectory() as directory:
-            task.synthetic(cfg.synthetic_seed, tuple(cfg.synthetic_sizes), directory)
-            return _load_splits(config, directory, names)
-    return _load_splits(config, source, names)
-
-
-def _load_splits(config, source: str, names) -> dict[str, list]:
-    cfg = config.data
-    if cfg.test_split not in ("test", "validation"):
-        raise ConfigError(f"data.test_split={cfg.test_split!r}: choose 'test' or 'validation'")
-    if names is None:
-        names = ("train", "validation", "test") if cfg.test_split == "test" else ("train", "validation")
-    task = tasks.get(config.task)
-    try:
-        splits = task.load_splits(source, cfg, names)
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 - datasets raises many kinds when the hub is out of reach
-        raise SetupError(f"data.source={source!r}: could not load it ({type(e).__name__}: {e}).\n{OFFLINE_HINT}") from e
-    splits = task.check(splits, cfg)  # labels named and checked against the task's scheme, before training
-    if "validation" in splits:
-        splits.setdefault("test", splits["validation"])
-    return splits
 
 
 def tokenizer_for(config, train_examples, model_dir: Path | None):
