@@ -7,6 +7,7 @@ resolves --config=NAME to that file and applies --config.a.b=value overrides, ty
 from __future__ import annotations
 
 import ast
+import csv
 import importlib.util
 import json
 import logging
@@ -161,8 +162,7 @@ def _parse(key: str, text: str, current, field_type):
                 return False
             raise ValueError("expected true or false")
         if kind in (tuple, list):
-            value = ast.literal_eval(text)
-            return kind(value if isinstance(value, (tuple, list)) else (value,))
+            return kind(_parse_list(key, text))
         if kind is float:
             return float(text)
         if kind is int:
@@ -170,6 +170,40 @@ def _parse(key: str, text: str, current, field_type):
         return kind(text)
     except (ValueError, SyntaxError) as e:
         raise ConfigError(f"--config.{key}={text}: not a valid {kind.__name__} ({e})") from None
+
+
+# What each tuple key holds, for comma lists and for the error that shows the form.
+LIST_ITEMS = {"data.buckets": (int, "64,128,256"), "data.label_names": (str, "O,B-PER,I-PER"),
+              "lora.targets": (str, "attn.c_attn,mlp.c_fc"), "generate.stop": (str, r"'\n\n',###")}
+
+
+def _parse_list(key: str, text: str) -> list:
+    """A comma list (`64,128`; `a,b`; an item may be quoted in '...' to hold a comma, and
+    backslash escapes such as \\n are read as in Python; nothing at all is an empty list), or a
+    Python literal (`(64, 128)`, `('a', 'b')`)."""
+    item_type, example = LIST_ITEMS.get(key, (str, "a,b"))
+    form = f"a comma list of {'integers' if item_type is int else 'strings'}, e.g. --config.{key}={example}"
+    text = text.strip()
+    try:
+        if text[:1] in ("(", "["):
+            value = ast.literal_eval(text)
+            items = list(value) if isinstance(value, (tuple, list)) else [value]
+        else:
+            items = [_unescape(part) for part in next(csv.reader([text], quotechar="'", skipinitialspace=True, strict=True))] \
+                if text else []
+        if item_type is int:
+            items = [int(item) if not isinstance(item, (bool, float)) else item for item in items]
+        if not all(type(item) is item_type for item in items):
+            raise ValueError
+    except (ValueError, SyntaxError, csv.Error):
+        raise ValueError(f"expected {form}") from None
+    return items
+
+
+def _unescape(item: str) -> str:
+    if "\\" not in item:
+        return item
+    return item.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
 def _optional(key: str) -> bool:

@@ -174,6 +174,36 @@ def test_config_overrides_are_typed():
         load_config("nre")
 
 
+
+@pytest.mark.parametrize("key, text, expected", [
+    ("data.buckets", "64,128", (64, 128)),
+    ("data.buckets", " 64 , 128 ", (64, 128)),
+    ("data.buckets", "(64, 128)", (64, 128)),  # a Python literal still reads
+    ("data.label_names", "O,B-PER,I-PER", ("O", "B-PER", "I-PER")),
+    ("lora.targets", "attn.c_attn, mlp.c_fc", ("attn.c_attn", "mlp.c_fc")),
+    ("generate.stop", "four", ("four",)),
+    ("generate.stop", r"\n", ("\n",)),  # as a shell passes --config.generate.stop=\n or "\n"
+    ("generate.stop", r"'\n\n',###", ("\n\n", "###")),
+    ("generate.stop", "','", (",",)),  # quoted, an item may hold a comma
+    ("generate.stop", "é", ("é",)),
+    ("generate.stop", "", ()),
+])
+def test_tuple_keys_take_comma_lists(key, text, expected):
+    section, leaf = key.split(".")
+    assert apply_overrides(load_config("ner"), {key: text})[section][leaf] == expected
+
+
+@pytest.mark.parametrize("key, text, form", [
+    ("data.buckets", "a,b", "a comma list of integers, e.g. --config.data.buckets=64,128,256"),
+    ("data.buckets", "1.5,2", "a comma list of integers"),
+    ("data.buckets", "(1,", "a comma list of integers"),
+    ("data.label_names", "(1, 2)", "a comma list of strings, e.g. --config.data.label_names=O,B-PER,I-PER"),
+    ("generate.stop", "'a", "a comma list of strings"),
+])
+def test_a_wrong_tuple_says_the_form_it_wants(key, text, form):
+    with pytest.raises(ConfigError, match=f"--config.{key}=.*: not a valid tuple \\(expected {form}"):
+        apply_overrides(load_config("ner"), {key: text})
+
 def _run_cli(*args, env=None):
     import os
 
