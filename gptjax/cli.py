@@ -42,6 +42,14 @@ from gptjax.errors import ConfigError, GptjaxError, WorkdirError
 READING_MODES = ("eval", "export", "predict", "generate")  # they use a trained run and write nothing into it
 
 
+class _HelpConfig(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        from gptjax.config import describe_keys
+
+        print(f"Every config key, its default and its meaning (set one with --config.KEY=VALUE):\n\n{describe_keys()}")
+        parser.exit()
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         """A usage error in one line (argparse prints the whole usage first)."""
@@ -53,6 +61,8 @@ def parse_args(argv):
     parser.add_argument("--config")
     parser.add_argument("--workdir")
     parser.add_argument("--version", action="version", version=f"gptjax {gptjax.__version__}")
+    parser.add_argument("--help-config", action=_HelpConfig, nargs=0, help="list every config key with its default "
+                                                                             "and meaning, and exit")
     parser.add_argument("--mode", default="train", choices=("train", "eval", "export", "benchmark", "predict", "generate"))
     parser.add_argument("--benchmark", default="train", choices=("train", "generate"),
                         help="benchmark: the train and eval steps, or decoding (generate.* shapes)")
@@ -207,9 +217,16 @@ def _main(args, overrides):
 
 def command():
     """The command line as a user runs it (the `gptjax` console command, python -m gptjax, run.py):
-    on a CPU, first restarted under glibc settings that XLA:CPU needs (gptjax/malloc.py)."""
+    on a CPU, first restarted under glibc settings that XLA:CPU needs (gptjax/malloc.py). Flags,
+    --help and a training config's errors are answered before that restart, and before JAX."""
     from gptjax import malloc
 
+    args, overrides = parse_args(sys.argv[1:])
+    if args.mode not in READING_MODES:
+        try:
+            validate(apply_overrides(load_config(args.config), overrides))
+        except ConfigError as e:
+            sys.exit(f"error: {e}")
     malloc.restart_tuned()
     main()
 

@@ -35,7 +35,7 @@ def base_config() -> ConfigDict:
     c.model.reinit_head = False  # start a new head even if the checkpoint stores one
     c.model.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
     c.model.attention = "xla"  # or "cudnn" (GPU flash attention where shapes allow)
-    c.model.remat = False
+    c.model.remat = False  # recompute each block in the backward pass: less activation memory, more FLOPs
     c.model.unroll = config_dict.placeholder(int)  # blocks per layer-scan iteration; None: all on a CPU without remat, else 1
     c.model.dropout = config_dict.placeholder(float)  # None: the checkpoint's own dropouts
     c.model.arch = ConfigDict()  # for init="scratch": changes to the named size
@@ -50,34 +50,34 @@ def base_config() -> ConfigDict:
     c.data.source = config_dict.placeholder(str)  # hub dataset id, local directory, or "synthetic"
     c.data.hub_config = config_dict.placeholder(str)  # datasets.load_dataset's second argument
     c.data.text_column = config_dict.placeholder(str)  # None: "text" or "sentence" (causal_lm: "text", or prompt/completion)
-    c.data.label_column = config_dict.placeholder(str)
-    c.data.max_length = 128
+    c.data.label_column = config_dict.placeholder(str)  # None: "tags" / "ner_tags" (token), "label" (sequence)
+    c.data.max_length = 128  # tokens per example; longer ones are cut (training) or flagged (predict)
     c.data.buckets = (32, 64, 128, 256, 512)  # capped at max_length
-    c.data.iob1_to_iob2 = False
+    c.data.iob1_to_iob2 = False  # convert IOB1 tags (CoNLL-2003's original files) to IOB2
     c.data.label_names = config_dict.placeholder(tuple)  # names of integer label ids in the data (id = position)
-    c.data.label_all_subwords = False
+    c.data.label_all_subwords = False  # token tasks: label every subword, not only each word's first
     c.data.test_split = "test"  # "validation" where the test labels are hidden (GLUE)
     c.data.unknown_label = "error"  # or "map_to_o" (token tasks): a tag training never saw
-    c.data.synthetic_seed = 0
+    c.data.synthetic_seed = 0  # for data.source="synthetic"
     c.data.synthetic_sizes = (2000, 400, 400)  # train / validation / test examples (causal_lm: documents)
 
     c.train = ConfigDict()
-    c.train.seed = 0
-    c.train.batch_size = 16
-    c.train.eval_batch_size = 32
+    c.train.seed = 0  # initialisation, dropout and batch order
+    c.train.batch_size = 16  # examples per optimizer step, over all devices
+    c.train.eval_batch_size = 32  # examples per evaluation and prediction step
     c.train.grad_accum_steps = 1  # micro-batches per optimizer step (batch_size is the total)
-    c.train.num_epochs = 5
+    c.train.num_epochs = 5  # passes over the train split
     c.train.max_steps = config_dict.placeholder(int)  # an optional cap on optimizer steps
-    c.train.learning_rate = 2e-5
-    c.train.warmup_ratio = 0.1
+    c.train.learning_rate = 2e-5  # AdamW's peak, after the linear warm-up; then linear decay to 0
+    c.train.warmup_ratio = 0.1  # warm-up steps as a share of all steps
     c.train.warmup_steps = config_dict.placeholder(int)  # overrides warmup_ratio
-    c.train.weight_decay = 0.01
-    c.train.max_grad_norm = 1.0
-    c.train.adam_b1 = 0.9
+    c.train.weight_decay = 0.01  # AdamW's, on matrices and embeddings only (not biases, LayerNorms)
+    c.train.max_grad_norm = 1.0  # clip the global gradient norm to this
+    c.train.adam_b1 = 0.9  # AdamW's moment decay rates and epsilon
     c.train.adam_b2 = 0.999
     c.train.adam_eps = 1e-8
     c.train.patience = config_dict.placeholder(int)  # early stopping: epochs without gain; None = off
-    c.train.log_every = 50
+    c.train.log_every = 50  # steps between log lines and metrics.jsonl entries
     # Which parameters train (gptjax/partition.py): "none" (all of them), "head_only" (the task head), or
     # "top_k" (the top train.trainable_blocks blocks, the final LayerNorm and the head).
     c.train.freeze = "none"
@@ -86,10 +86,10 @@ def base_config() -> ConfigDict:
     # LoRA adapters on the blocks' projections (rank 0: off). Only the adapters and the task head
     # train; exports fold them into the weights (W + alpha / rank * A B).
     c.lora = ConfigDict()
-    c.lora.rank = 0
-    c.lora.alpha = 16.0
+    c.lora.rank = 0  # adapter rank; 0: no LoRA
+    c.lora.alpha = 16.0  # the adapters' update is scaled by alpha / rank
     c.lora.dropout = 0.0  # on the adapters' input
-    c.lora.targets = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    c.lora.targets = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # the projections adapted
 
     c.mesh = ConfigDict()  # devices per axis; -1 takes the devices left over (see sharding.py)
     c.mesh.data = -1
@@ -98,21 +98,55 @@ def base_config() -> ConfigDict:
 
     # Decoding (--mode=generate; --mode=benchmark --benchmark=generate times these shapes).
     c.generate = ConfigDict()
-    c.generate.max_new_tokens = 64
+    c.generate.max_new_tokens = 64  # tokens generated at most per prompt
     c.generate.temperature = 0.0  # 0: greedy
     c.generate.top_k = 0  # 0: off
     c.generate.top_p = 1.0  # 1: off
-    c.generate.seed = 0
+    c.generate.seed = 0  # sampling's seed (greedy ignores it)
     c.generate.stop = ()  # strings that end a completion (cut before them)
     c.generate.batch_size = 16  # prompts decoded together
     c.generate.prompt_length = 128  # benchmark: prompt tokens
 
     c.checkpoint = ConfigDict()
     c.checkpoint.every_steps = 500  # and at each epoch end
-    c.checkpoint.keep = 3
+    c.checkpoint.keep = 3  # newest checkpoints kept (best/ is kept apart)
     c.checkpoint.resume = True  # the same command on the same workdir continues the run
     return c
 
+
+
+def describe_keys() -> str:
+    """Every key with its default and meaning, from base_config()'s own lines and comments: the
+    text of `gptjax --help-config`."""
+    import inspect
+    import re
+
+    meaning, pending = {}, []
+    for line in inspect.getsource(base_config).splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            pending.append(line.lstrip("# "))  # a comment block says what the next key or section is
+            continue
+        target = re.match(r"c\.([\w.]+)(?:\[key\])? = [^#]*(?:#\s*(.*))?$", line)
+        if target and "[key]" not in line:
+            meaning[target.group(1)] = " ".join([*pending, target.group(2) or ""]).strip()
+        pending = []
+    rows = []
+
+    def walk(node, prefix=""):
+        for key, value in node.items():
+            name = prefix + key
+            if isinstance(value, ConfigDict):
+                if meaning.get(name):
+                    rows.append((f"{name}.*", "", meaning[name]))
+                walk(value, name + ".")
+            else:
+                rows.append((name, repr(value), meaning.get(name, "")))
+
+    walk(base_config())
+    left = [f"{k} = {d}" if d else k for k, d, _ in rows]
+    width = min(max(map(len, left)), 44) + 2
+    return "\n".join(f"{text:<{width}}{m}".rstrip() for text, (_, _, m) in zip(left, rows))
 
 
 def load_config(name: str) -> ConfigDict:

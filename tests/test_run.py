@@ -252,3 +252,31 @@ def test_demo_reaches_its_f1_in_float32_and_bfloat16(tmp_path):
 def test_version():
     done = subprocess.run([sys.executable, "-m", "gptjax", "--version"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0 and done.stdout.strip() == f"gptjax {importlib.metadata.version('gptjax')}"
+
+
+def test_help_config_lists_every_key_with_its_default_and_meaning():
+    from gptjax.config import base_config
+
+    done = subprocess.run([sys.executable, "-m", "gptjax", "--help-config"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0
+    lines = {line.split()[0]: line for line in done.stdout.splitlines()[2:]}
+
+    def keys(node, prefix=""):
+        for k, v in node.items():
+            yield from keys(v, f"{prefix}{k}.") if hasattr(v, "items") else [prefix + k]
+
+    assert set(keys(base_config())) <= set(lines)
+    assert lines["train.learning_rate"].split()[2] == "2e-05" and "AdamW" in lines["train.learning_rate"]
+    assert "lora.*" in lines  # a section's own comment is listed too
+
+
+def test_a_training_config_error_is_reported_before_the_restart(monkeypatch, capsys):
+    from gptjax import cli, malloc
+
+    def restarted():
+        raise AssertionError("restarted before the config was checked")
+
+    monkeypatch.setattr(malloc, "restart_tuned", restarted)
+    monkeypatch.setattr(sys, "argv", ["gptjax", "--config=demo", "--workdir=/nonexistent/w", "--config.train.learnin_rate=1"])
+    with pytest.raises(SystemExit, match="--config.train.learnin_rate: unknown key"):
+        cli.command()
