@@ -196,7 +196,7 @@ def _parse(key: str, text: str, current, field_type):
                 return False
             raise ValueError("expected true or false")
         if kind in (tuple, list):
-            return kind(_parse_list(key, text))
+            return kind(_parse_list(key, text, current))
         if kind is float:
             return float(text)
         if kind is int:
@@ -211,11 +211,12 @@ LIST_ITEMS = {"data.buckets": (int, "64,128,256"), "data.label_names": (str, "O,
               "lora.targets": (str, "attn.c_attn,mlp.c_fc"), "generate.stop": (str, r"'\n\n',###")}
 
 
-def _parse_list(key: str, text: str) -> list:
+def _parse_list(key: str, text: str, current=None) -> list:
     """A comma list (`64,128`; `a,b`; an item may be quoted in '...' to hold a comma, and
     backslash escapes such as \\n are read as in Python; nothing at all is an empty list), or a
     Python literal (`(64, 128)`, `('a', 'b')`)."""
-    item_type, example = LIST_ITEMS.get(key, (str, "a,b"))
+    default = (type(current[0]), ",".join(map(str, current))) if current else (str, "a,b")
+    item_type, example = LIST_ITEMS.get(key, default)
     form = f"a comma list of {'integers' if item_type is int else 'strings'}, e.g. --config.{key}={example}"
     text = text.strip()
     try:

@@ -193,6 +193,19 @@ def test_tuple_keys_take_comma_lists(key, text, expected):
     assert apply_overrides(load_config("ner"), {key: text})[section][leaf] == expected
 
 
+def test_every_tuple_key_reads_its_default_back():
+    from gptjax.config import base_config
+
+    config = base_config()
+    tuples = {f"{s}.{k}": v for s, section in config.items() if hasattr(section, "items")
+              for k, v in section.items() if isinstance(v, tuple) and v}
+    assert "data.synthetic_sizes" in tuples and "data.buckets" in tuples
+    for key, value in tuples.items():
+        for text in (",".join(map(str, value)), repr(value)):
+            section, leaf = key.split(".")
+            assert apply_overrides(base_config(), {key: text})[section][leaf] == value, (key, text)
+
+
 @pytest.mark.parametrize("key, text, form", [
     ("data.buckets", "a,b", "a comma list of integers, e.g. --config.data.buckets=64,128,256"),
     ("data.buckets", "1.5,2", "a comma list of integers"),
