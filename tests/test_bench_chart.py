@@ -116,3 +116,12 @@ def test_gptjax_compare_from_the_command_line_draws_with_out(tmp_path):
     assert "250" in done.stdout and f"chart: {tmp_path / 'c.png'}" in done.stdout
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(os.listdir(tmp_path)) == ["c.png", "r.jsonl"]
+
+
+@pytest.mark.parametrize("content, says", [(None, "No such file"), ('{"a":\n', "not benchmark records")])
+def test_a_missing_or_broken_records_file_is_one_line_naming_it(content, says, tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit, match=rf"^error: {path}: {says}"):
+        cli.main(["compare", str(path)])

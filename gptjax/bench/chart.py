@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptjax.bench.records import accelerator, format_table, load_records
+from gptjax.errors import DataError
 
 # Bars a chart draws at most: past this the oldest groups are left out (the chart says how many),
 # so its height stays bounded.
@@ -143,7 +144,7 @@ def plot(records: list[dict], path) -> None:
                              gridspec_kw={"height_ratios": [len(r) + 2 for _, r in panels]})
     for ax, (panel, panel_rows) in zip(axes[:, 0], panels):
         _draw_panel(ax, panel, panel_rows)
-    title = "gptjax benchmark records"
+    title = "gptjax benchmark records: a bar is the median of a setting's runs on a day (n=), whiskers its slowest and fastest"
     if left_out:
         title += f" (the {left_out} oldest groups left out)"
     fig.suptitle(title, x=0.01, ha="left", fontsize=12)
@@ -203,7 +204,10 @@ def add_compare_arguments(parser) -> None:
 
 def compare(args) -> None:
     """`gptjax compare` (`python -m gptjax.bench compare`): prints the table, then draws the chart if --out."""
-    records = load_records(args.records)
+    try:
+        records = load_records(args.records)
+    except DataError as e:
+        sys.exit(f"error: {e}")
     if not records:
         sys.exit("error: no records in " + ", ".join(args.records))
     print(format_table(records))

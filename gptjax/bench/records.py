@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 
 from gptjax import malloc
+from gptjax.errors import DataError
 
 RECORD_FIELDS = {
     "framework": "gptjax, pytorch-eager or pytorch-compile",
@@ -92,11 +93,16 @@ def load_records(paths) -> list[dict]:
     """Records from benchmark.json files (one object) and results files (one object a line)."""
     records = []
     for path in paths:
-        text = Path(path).read_text(encoding="utf-8").strip()
-        if text.startswith("{") and "\n{" not in text:
-            records.append(json.loads(text))
-        else:
-            records.extend(json.loads(line) for line in text.splitlines() if line.strip())
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+            if text.startswith("{") and "\n{" not in text:
+                records.append(json.loads(text))
+            else:
+                records.extend(json.loads(line) for line in text.splitlines() if line.strip())
+        except OSError as e:
+            raise DataError(f"{path}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise DataError(f"{path}: not benchmark records (JSON, one object a line): {e}") from None
     return records
 
 
