@@ -136,19 +136,22 @@ def plot(records: list[dict], path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     groups, left_out = cap(group_records(records))
     panels = [(p, rows([g for g in groups if g.panel == p])) for p in PANELS]
     panels = [(p, r) for p, r in panels if r]
     fig, axes = plt.subplots(len(panels), 1, figsize=figure_size([len(r) for _, r in panels]), squeeze=False,
-                             gridspec_kw={"height_ratios": [len(r) + 2 for _, r in panels]})
+                             layout="constrained", gridspec_kw={"height_ratios": [len(r) + 2 for _, r in panels]})
     for ax, (panel, panel_rows) in zip(axes[:, 0], panels):
         _draw_panel(ax, panel, panel_rows)
-    title = "gptjax benchmark records: a bar is the median of a setting's runs on a day (n=), whiskers its slowest and fastest"
+    note = "a bar: the median of a setting's runs on a day (n= runs); whiskers: the slowest and fastest"
     if left_out:
-        title += f" (the {left_out} oldest groups left out)"
-    fig.suptitle(title, x=0.01, ha="left", fontsize=12)
-    fig.tight_layout()
+        note += f"; the {left_out} oldest bars left out"
+    fig.suptitle(f"gptjax benchmark records\n{note}", x=0.01, ha="left", fontsize=10)
+    used = {g.framework for g in groups}
+    handles = [Patch(color=c, label=f) for f, c in FRAMEWORK_COLOURS.items() if f in used]
+    fig.legend(handles=handles, fontsize=8, loc="upper right", ncol=len(handles))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -186,14 +189,6 @@ def _draw_panel(ax, panel: str, panel_rows: list) -> None:
     ax.set_xlabel(PANELS[panel] + (", log scale" if log else ""), fontsize=9)
     ax.grid(axis="x", which="both" if log else "major", alpha=0.3)
     ax.set_axisbelow(True)
-    handles = [plt_patch(c, f) for f, c in FRAMEWORK_COLOURS.items() if any(g.framework == f for _, g in bars)]
-    ax.legend(handles=handles, fontsize=7, loc="lower right")
-
-
-def plt_patch(colour: str, label: str):
-    from matplotlib.patches import Patch
-
-    return Patch(color=colour, label=label)
 
 
 def add_compare_arguments(parser) -> None:
