@@ -1,4 +1,5 @@
 """gptjax's command line: gptjax (or python -m gptjax, or python run.py) --config=NAME --workdir=DIR [--mode=MODE] [--config.KEY=VALUE ...]
+                     or: gptjax compare RECORDS... [--out PNG]  (benchmark records: a table, and a chart with --out)
 
   --config     a named config, gptjax/configs/NAME.py (demo, ner, sst2, lm_demo, lm), or a path to a config
                file; train and benchmark only
@@ -127,8 +128,21 @@ def _no_closed_loop_tracebacks(unraisable, print_it=sys.unraisablehook):
 INTERRUPTED_EXIT_CODE = 130  # the shell's code for a command stopped by Ctrl-C
 
 
+def _compare(argv) -> bool:
+    """`gptjax compare RECORDS... [--out PNG]`: the benchmark records' table (and chart), no JAX device needed."""
+    if not argv or argv[0] != "compare":
+        return False
+    from gptjax.bench.__main__ import main as bench
+
+    bench(argv, prog="gptjax")
+    return True
+
+
 def main(argv=None):
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if _compare(argv):
+        return
+    args, overrides = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("absl", "jax", "httpx", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -221,6 +235,8 @@ def command():
     --help and a training config's errors are answered before that restart, and before JAX."""
     from gptjax import malloc
 
+    if _compare(sys.argv[1:]):
+        return
     args, overrides = parse_args(sys.argv[1:])
     if args.mode not in READING_MODES:
         try:

@@ -1,7 +1,6 @@
 """Benchmark records: their fields, the environment they describe, writing and reading them, and
-`compare`, a table and a chart across records (benchmarks/results/*.jsonl, WORKDIR/benchmark.json).
-
-    python -m gptjax.bench compare benchmarks/results/*.jsonl --out /tmp/compare.png
+`compare`'s table across records (benchmarks/results/*.jsonl, WORKDIR/benchmark.json; bench/chart.py
+draws the chart).
 """
 
 from __future__ import annotations
@@ -10,13 +9,12 @@ import datetime
 import json
 import os
 import platform
-import sys
-import textwrap
 from pathlib import Path
 
 import jax
 
 from gptjax import malloc
+from gptjax.errors import DataError
 
 RECORD_FIELDS = {
     "framework": "gptjax, pytorch-eager or pytorch-compile",
@@ -95,11 +93,16 @@ def load_records(paths) -> list[dict]:
     """Records from benchmark.json files (one object) and results files (one object a line)."""
     records = []
     for path in paths:
-        text = Path(path).read_text(encoding="utf-8").strip()
-        if text.startswith("{") and "\n{" not in text:
-            records.append(json.loads(text))
-        else:
-            records.extend(json.loads(line) for line in text.splitlines() if line.strip())
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+            if text.startswith("{") and "\n{" not in text:
+                records.append(json.loads(text))
+            else:
+                records.extend(json.loads(line) for line in text.splitlines() if line.strip())
+        except OSError as e:
+            raise DataError(f"{path}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise DataError(f"{path}: not benchmark records (JSON, one object a line): {e}") from None
     return records
 
 
@@ -176,49 +179,3 @@ def format_table(records: list[dict]) -> str:
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in (header, *rows)]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def plot(records: list[dict], path) -> None:
-    """A bar chart of tokens/s a record, each bar labelled with its MFU."""
-    try:
-        import matplotlib
-    except ImportError:  # an extra: nothing else in gptjax needs it
-        raise ImportError("the chart needs matplotlib: pip install 'gptjax[plot]'") from None
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f"{r.get('framework')}\n{r.get('config', '')} {r.get('batch_size')}x{r.get('seq_len')}\n"
-              + textwrap.fill(accelerator(r), 20) for r in records]
-    values = [r["tokens_per_sec"] for r in records]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(records)), 4.5))
-    bars = ax.bar(range(len(records)), values, color="tab:blue")
-    for bar, r in zip(bars, records):
-        mfu = r.get("mfu")
-        text = "" if mfu is None else f"MFU {100 * mfu:.1f}%"
-        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(records)), labels, fontsize=7)
-    ax.set_ylabel("train tokens / s")
-    ax.set_title("gptjax benchmark records")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def add_compare_arguments(parser) -> None:
-    parser.add_argument("records", nargs="+", help="benchmark.json or results .jsonl files")
-    parser.add_argument("--out", default="benchmark_compare.png", help="where to write the chart")
-
-
-def compare(args) -> None:
-    """`python -m gptjax.bench compare`: prints the table, then draws the chart."""
-    records = load_records(args.records)
-    if not records:
-        sys.exit("error: no records in " + ", ".join(args.records))
-    print(format_table(records))
-    try:
-        plot(records, args.out)
-    except ImportError as e:
-        sys.exit(f"error: {e}")
-    print(f"chart: {args.out}")
