@@ -208,7 +208,7 @@ def _parse(key: str, text: str, current, field_type):
 
 
 # What each tuple key holds, for comma lists and for the error that shows the form.
-LIST_ITEMS = {"data.buckets": (int, "64,128,256"), "data.label_names": (str, "O,B-PER,I-PER"),
+LIST_ITEMS = {"data.buckets": (int, "64,128,256"), "data.synthetic_sizes": (int, "2000,400,400"), "data.label_names": (str, "O,B-PER,I-PER"),
               "lora.targets": (str, "attn.c_attn,mlp.c_fc"), "generate.stop": (str, r"'\n\n',###")}
 
 
