@@ -66,7 +66,8 @@ class TorchSteps:
         with torch.autocast(self.device.type, dtype=getattr(torch, self.model_config.dtype), enabled=self.autocast):
             loss = self.forward(**batch).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        if self.max_grad_norm:  # 0: no clipping, as in gptjax (torch would zero the gradients)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss

@@ -68,11 +68,12 @@ def base_config() -> ConfigDict:
     c.train.grad_accum_steps = 1  # micro-batches per optimizer step (batch_size is the total)
     c.train.num_epochs = 5  # passes over the train split
     c.train.max_steps = config_dict.placeholder(int)  # an optional cap on optimizer steps
-    c.train.learning_rate = 2e-5  # AdamW's peak, after the linear warm-up; then linear decay to 0
+    c.train.learning_rate = 2e-5  # AdamW's peak, reached at the end of the linear warm-up
+    c.train.schedule = "linear"  # after warm-up: "linear" or "cosine" decay to 0 at the last step, or "constant"
     c.train.warmup_ratio = 0.1  # warm-up steps as a share of all steps
     c.train.warmup_steps = config_dict.placeholder(int)  # overrides warmup_ratio
     c.train.weight_decay = 0.01  # AdamW's, on matrices and embeddings only (not biases, LayerNorms)
-    c.train.max_grad_norm = 1.0  # clip the global gradient norm to this
+    c.train.max_grad_norm = 1.0  # clip the global gradient norm to this; 0: no clipping
     c.train.adam_b1 = 0.9  # AdamW's moment decay rates and epsilon
     c.train.adam_b2 = 0.999
     c.train.adam_eps = 1e-8
@@ -207,7 +208,7 @@ def _parse(key: str, text: str, current, field_type):
 
 
 # What each tuple key holds, for comma lists and for the error that shows the form.
-LIST_ITEMS = {"data.buckets": (int, "64,128,256"), "data.label_names": (str, "O,B-PER,I-PER"),
+LIST_ITEMS = {"data.buckets": (int, "64,128,256"), "data.synthetic_sizes": (int, "2000,400,400"), "data.label_names": (str, "O,B-PER,I-PER"),
               "lora.targets": (str, "attn.c_attn,mlp.c_fc"), "generate.stop": (str, r"'\n\n',###")}
 
 
@@ -286,7 +287,7 @@ RANGES = (
     ("train.warmup_ratio", 0, True, 1, True),
     ("train.warmup_steps", 0, True, None, None),
     ("train.weight_decay", 0, True, None, None),
-    ("train.max_grad_norm", 0, False, None, None),
+    ("train.max_grad_norm", 0, True, None, None),
     ("train.adam_b1", 0, True, 1, False),
     ("train.adam_b2", 0, True, 1, False),
     ("train.adam_eps", 0, False, None, None),
@@ -322,6 +323,7 @@ CHOICES = (
     ("data.test_split", ("test", "validation")),
     ("data.unknown_label", ("error", "map_to_o")),
     ("train.freeze", ("none", "head_only", "top_k")),
+    ("train.schedule", ("linear", "cosine", "constant")),
 )
 
 
@@ -399,9 +401,8 @@ def check_platform(config: ConfigDict) -> None:
 # ---------------------------------------------------------------------------------------------
 # What a trained run is made of, and what may change when it is used again
 
-# Config keys a resumed run must share with its checkpoint: they fix the model's shape, the
-# labels, or the order in which batches come. Everything else (epochs, eval interval, logging,
-# patience) may change between runs.
+# Config keys a resumed run must share with its checkpoint: they fix the model's shape, the labels, or the batch
+# order. Any other may change; a changed optimizer or schedule length is logged (steps.schedule_changes).
 MUST_MATCH = (
     "task", "model.name_or_path", "model.init", "model.arch", "tokenizer.name_or_path",
     "tokenizer.vocab_size", "data.source", "data.hub_config", "data.max_length", "data.buckets",
@@ -461,8 +462,7 @@ def lookup(tree: dict, key: str, missing=None):
 
 
 def check_compatible(saved: dict, config: ConfigDict, labels: list[str] | None, where) -> None:
-    """Refuses to resume from a checkpoint (or a run.json) that disagrees with the run in a way
-    that matters. `labels` None: not known yet (checked again once the data is read)."""
+    """Refuses a checkpoint (or run.json) that disagrees with the run where it matters; labels None: not yet known."""
     current = config_json(config)
     defaults = None
     for key in MUST_MATCH:

@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 
 from gptjax import sharding
+from gptjax.config import config_from_json
 from gptjax.data.labels import IGNORE_INDEX
 from gptjax.errors import ConfigError
 from gptjax.partition import FULL, Partition, config_partition
@@ -34,16 +35,49 @@ class TrainState(NamedTuple):
 
 
 def learning_rate_schedule(train_cfg, total_steps: int) -> optax.Schedule:
-    """Linear warm-up from 0 to the peak, then linear decay to 0 at the last step."""
+    """Linear warm-up from 0 to the peak, then train.schedule: "linear" decays to 0 at the last step,
+    "cosine" follows half a cosine down to 0 there, "constant" holds the peak (transformers'
+    linear, cosine and constant_with_warmup)."""
     warmup = int(train_cfg.warmup_ratio * total_steps) if train_cfg.warmup_steps is None else train_cfg.warmup_steps
     warmup = min(warmup, total_steps)
-    return optax.join_schedules(
-        [
-            optax.linear_schedule(0.0, train_cfg.learning_rate, max(warmup, 1)),
-            optax.linear_schedule(train_cfg.learning_rate, 0.0, max(total_steps - warmup, 1)),
-        ],
-        [warmup],
-    )
+    peak, decay_steps = train_cfg.learning_rate, max(total_steps - warmup, 1)
+    after = {
+        "linear": lambda: optax.linear_schedule(peak, 0.0, decay_steps),
+        "cosine": lambda: optax.cosine_decay_schedule(peak, decay_steps, alpha=0.0),
+        "constant": lambda: optax.constant_schedule(peak),
+    }[train_cfg.schedule]()
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, max(warmup, 1)), after], [warmup])
+
+
+def schedule_length(train_cfg, steps_per_epoch: int) -> int:
+    """Optimizer steps in the whole run: its epochs, capped by train.max_steps."""
+    total = steps_per_epoch * train_cfg.num_epochs
+    return total if train_cfg.max_steps is None else min(total, train_cfg.max_steps)
+
+
+# The keys that shape the optimizer's updates. A resume may change them, as a new config does in
+# MaxText (lowering the lr after a loss spike is a resume's common reason), but never silently:
+# schedule_changes names each change and the lr it leads to.
+OPTIMIZER_KEYS = ("schedule", "learning_rate", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm",
+                  "adam_b1", "adam_b2", "adam_eps")
+
+
+def schedule_changes(saved_config: dict, config, steps_per_epoch: int, step: int) -> list[str]:
+    """Warning lines for a resume at `step` whose optimizer or schedule length differs from the
+    checkpoint's run (saved_config: its config_json); none when nothing changed."""
+    before, now = config_from_json(saved_config, "the checkpoint").train, config.train
+    old_total, new_total = schedule_length(before, steps_per_epoch), schedule_length(now, steps_per_epoch)
+    old_lr = float(learning_rate_schedule(before, old_total)(step))
+    new_lr = float(learning_rate_schedule(now, new_total)(step))
+    lr = f"the learning rate at step {step + 1} becomes {new_lr:.3g} (was {old_lr:.3g})"
+    lines = []
+    changed = [f"train.{key} {before[key]!r} -> {now[key]!r}" for key in OPTIMIZER_KEYS if before[key] != now[key]]
+    if changed:
+        lines.append(f"resuming with a changed optimizer ({', '.join(changed)}): {lr}")
+    if old_total != new_total:
+        lines.append(f"the schedule's length changed from {old_total} to {new_total} steps "
+                     f"(train.num_epochs, train.max_steps): {lr}")
+    return lines
 
 
 def decay_mask(params):
@@ -78,8 +112,11 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
 def make_optimizer(train_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     schedule = learning_rate_schedule(train_cfg, total_steps)
+    # 0 turns clipping off, as in transformers' Trainer; identity keeps the state's structure, so
+    # a checkpoint resumes either way.
+    clip = clip_by_global_norm(train_cfg.max_grad_norm) if train_cfg.max_grad_norm else optax.identity()
     tx = optax.chain(
-        clip_by_global_norm(train_cfg.max_grad_norm),
+        clip,
         optax.adamw(
             schedule, b1=train_cfg.adam_b1, b2=train_cfg.adam_b2, eps=train_cfg.adam_eps,
             weight_decay=train_cfg.weight_decay, mask=decay_mask,

@@ -18,7 +18,7 @@ from gptjax.errors import ConfigError
 from gptjax.evaluate import evaluate_encoded, process_batch, scalar_metrics
 from gptjax.experiment import prepare
 from gptjax.reporting import Reporter
-from gptjax.steps import build_steps
+from gptjax.steps import build_steps, schedule_changes, schedule_length
 
 log = logging.getLogger("gptjax")
 
@@ -66,9 +66,7 @@ def _train(config, workdir) -> dict:
 
     train_split = exp.encoded["train"]
     steps_per_epoch = num_batches(train_split, cfg.batch_size, buckets=exp.buckets)
-    total_steps = steps_per_epoch * cfg.num_epochs
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
+    total_steps = schedule_length(cfg, steps_per_epoch)
     steps = build_steps(config, exp.model, mesh, total_steps)
     base = partition.checksum(steps.frozen)  # what checkpoints record of the base they need
     trainable_params = partition.count(steps.params)
@@ -88,6 +86,8 @@ def _train(config, workdir) -> dict:
         progress, pending = Progress(**meta["progress"]), meta["pending_metrics"]
         log.info("resuming from checkpoint %d (epoch %d, batch %d)", int(steps.state.step), progress.epoch + 1,
                  progress.offset)
+        for line in schedule_changes(meta["config"], config, steps_per_epoch, int(steps.state.step)):
+            log.warning("%s", line)
     elif checkpoints.best.latest_step() is not None:  # every checkpoint was damaged and set aside
         checkpoints.close()
         raise ConfigError(f"{checkpoints.directory}: no readable checkpoint to resume from (the damaged ones are set "

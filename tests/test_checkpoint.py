@@ -215,10 +215,14 @@ def test_config_that_matters_must_match(reference, tmp_path):
     assert "model.arch.n_embd=32" in out and "model.arch.n_embd=64" in out and "another --workdir" in out
     out = run(tmp_path / "run", "--config.train.batch_size=32", expect=1)
     assert "train.batch_size=16" in out and "train.batch_size=32" in out
-    # Harmless: more epochs. The run continues where it stopped.
+    # Allowed, and said: more epochs (a longer schedule) and another peak lr. The run continues where it stopped.
     epoch_ends = metric_steps(reference, "validation")
-    out = run(tmp_path / "run", "--config.train.num_epochs=3")
+    out = run(tmp_path / "run", "--config.train.num_epochs=3", "--config.train.learning_rate=2e-3")
     assert f"resuming from checkpoint {epoch_ends[-1]}" in out
+    new_lr = f"the learning rate at step {epoch_ends[-1] + 1} becomes "
+    assert f"the schedule's length changed from {epoch_ends[-1]} to {epoch_ends[-1] + epoch_ends[0]} steps" in out
+    assert "resuming with a changed optimizer (train.learning_rate " in out and "-> 0.002)" in out
+    assert out.count(new_lr) == 2 and "(was 0)" in out  # the old schedule had decayed to 0 at its end
     assert metric_steps(tmp_path / "run", "validation") == epoch_ends + [epoch_ends[-1] + epoch_ends[0]]
 
 

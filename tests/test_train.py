@@ -6,12 +6,17 @@ import numpy as np
 from flax import nnx
 
 from gptjax import sharding
-from gptjax.config import base_config
+import math
+
+import pytest
+
+from gptjax.config import apply_overrides, base_config, config_json, validate
+from gptjax.errors import ConfigError
 from gptjax.model import GPT2Config, init_model
 import optax
 
 from gptjax.steps import (clip_by_global_norm, decay_mask, init_state, make_optimizer, make_train_step,
-                          masked_cross_entropy)
+                          masked_cross_entropy, schedule_changes)
 
 TINY = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=16)
 
@@ -48,6 +53,75 @@ def test_schedule_warms_up_then_decays():
     np.testing.assert_allclose(float(schedule(10)), 1e-3, rtol=1e-5)
     np.testing.assert_allclose(float(schedule(60)), 5e-4, rtol=1e-5)
     assert float(schedule(110)) == 0.0
+
+
+def _schedule(kind, total=110, warmup_steps=10, warmup_ratio=None):
+    cfg = base_config().train
+    cfg.learning_rate, cfg.schedule, cfg.warmup_steps = 1e-3, kind, warmup_steps
+    if warmup_ratio is not None:
+        cfg.warmup_ratio = warmup_ratio
+    return make_optimizer(cfg, total)[1]
+
+
+@pytest.mark.parametrize("kind, after_warmup", [
+    ("linear", lambda s: 1e-3 * (110 - s) / 100),
+    ("cosine", lambda s: 1e-3 * 0.5 * (1 + math.cos(math.pi * (s - 10) / 100))),
+    ("constant", lambda s: 1e-3),
+])
+def test_each_schedule_follows_its_formula(kind, after_warmup):
+    # transformers' get_{linear,cosine,constant}_schedule_with_warmup: peak * step / warmup first.
+    schedule = _schedule(kind)
+    for step in (0, 3, 5, 9):
+        np.testing.assert_allclose(float(schedule(step)), 1e-3 * step / 10, rtol=1e-5, atol=1e-12)
+    for step in (10, 35, 60, 87, 109, 110):
+        np.testing.assert_allclose(float(schedule(step)), after_warmup(step), rtol=1e-5, atol=1e-9)  # float32
+    # warmup_ratio sets the warm-up when warmup_steps is unset: 0.2 of 50 steps.
+    ratio = _schedule(kind, total=50, warmup_steps=None, warmup_ratio=0.2)
+    np.testing.assert_allclose(float(ratio(5)), 5e-4, rtol=1e-5)
+    np.testing.assert_allclose(float(ratio(10)), 1e-3, rtol=1e-5)
+
+
+def test_the_torch_recipe_is_expressible():
+    # The seed's PyTorch recipe: constant lr 1e-3 from the first step, no weight decay, no clipping.
+    config = validate(apply_overrides(base_config(), {
+        "train.schedule": "constant", "train.warmup_ratio": "0", "train.learning_rate": "1e-3",
+        "train.weight_decay": "0", "train.max_grad_norm": "0"}))
+    tx, schedule = make_optimizer(config.train, 100)
+    assert [float(schedule(s)) for s in (0, 1, 50, 99)] == [float(np.float32(1e-3))] * 4
+    big = {"kernel": jnp.full((2, 3), 100.0), "bias": jnp.full((3,), -50.0)}
+    params = jax.tree.map(jnp.ones_like, big)
+    ours, _ = tx.update(big, tx.init(params), params)
+    adam = optax.adam(1e-3)
+    want, _ = adam.update(big, adam.init(params), params)
+    for g, w in zip(jax.tree.leaves(ours), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-6)  # unclipped Adam: no clip, no decay
+    clipped = make_optimizer(base_config().train, 100)[0]  # max_grad_norm=1 keeps the same state structure
+    assert jax.tree.structure(clipped.init(params)) == jax.tree.structure(tx.init(params))
+    with pytest.raises(ConfigError, match="train.schedule='step'"):
+        validate(apply_overrides(base_config(), {"train.schedule": "step"}))
+    with pytest.raises(ConfigError, match="train.max_grad_norm=-1.0"):
+        validate(apply_overrides(base_config(), {"train.max_grad_norm": "-1"}))
+
+
+def test_schedule_changes_name_the_key_and_the_new_lr():
+    def config(**changes):  # a run of 50 steps an epoch at lr 1e-3 without warm-up, as the checkpoint's
+        values = {"train.learning_rate": "1e-3", "train.warmup_steps": "0", "train.num_epochs": "2"}
+        return apply_overrides(base_config(), {**values, **{f"train.{k}": v for k, v in changes.items()}})
+
+    saved = config_json(config())
+    assert schedule_changes(saved, config(), 50, 65) == []  # 2 epochs of 50 steps, as saved
+    (line,) = schedule_changes(saved, config(num_epochs="3"), 50, 65)
+    # linear decay: 1e-3 * (100 - 65) / 100 before, 1e-3 * (150 - 65) / 150 now
+    assert "length changed from 100 to 150 steps" in line and "step 66 becomes 0.000567 (was 0.00035)" in line
+    assert "from 100 to 80 steps" in schedule_changes(saved, config(max_steps="80"), 50, 65)[0]
+    (line,) = schedule_changes(saved, config(learning_rate="5e-4", schedule="constant"), 50, 65)
+    assert "train.schedule 'linear' -> 'constant'" in line and "train.learning_rate 0.001 -> 0.0005" in line
+    assert "step 66 becomes 0.0005 (was 0.00035)" in line
+    assert "train.max_grad_norm 1.0 -> 0.0" in schedule_changes(saved, config(max_grad_norm="0"), 50, 65)[0]
+    assert len(schedule_changes(saved, config(num_epochs="3", adam_b2="0.98"), 50, 65)) == 2
+    # A checkpoint from before train.schedule existed was made with the linear default.
+    del saved["train"]["schedule"]
+    assert schedule_changes(saved, config(), 50, 65) == []
 
 
 def test_clip_by_global_norm_matches_optax():
