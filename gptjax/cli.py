@@ -29,24 +29,55 @@ with --coordinator_address=HOST:PORT --num_processes=N --process_id=I on each ho
 """
 
 import argparse
+import inspect
 import logging
 import os
+import re
 import signal
 import sys
 
 import gptjax
 from gptjax import workdir as wd
-from gptjax.config import apply_overrides, check_platform, load_config, validate
+from gptjax.config import apply_overrides, base_config, check_platform, load_config, validate
 from gptjax.errors import ConfigError, GptjaxError, WorkdirError
 
 
 READING_MODES = ("eval", "export", "predict", "generate")  # they use a trained run and write nothing into it
 
 
+def describe_keys() -> str:
+    """Every key with its default and meaning, from base_config()'s own lines and comments: the
+    text of `gptjax --help-config`."""
+    meaning, pending = {}, []
+    for line in inspect.getsource(base_config).splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            pending.append(line.lstrip("# "))  # a comment block says what the next key or section is
+            continue
+        target = re.match(r"c\.([\w.]+)(?:\[key\])? = [^#]*(?:#\s*(.*))?$", line)
+        if target and "[key]" not in line:
+            meaning[target.group(1)] = " ".join([*pending, target.group(2) or ""]).strip()
+        pending = []
+    rows = []
+
+    def walk(node, prefix=""):
+        for key, value in node.items():
+            name = prefix + key
+            if hasattr(value, "items"):  # a section
+                if meaning.get(name):
+                    rows.append((f"{name}.*", "", meaning[name]))
+                walk(value, name + ".")
+            else:
+                rows.append((name, repr(value), meaning.get(name, "")))
+
+    walk(base_config())
+    left = [f"{k} = {d}" if d else k for k, d, _ in rows]
+    width = min(max(map(len, left)), 44) + 2
+    return "\n".join(f"{text:<{width}}{m}".rstrip() for text, (_, _, m) in zip(left, rows))
+
+
 class _HelpConfig(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
-        from gptjax.config import describe_keys
-
         print(f"Every config key, its default and its meaning (set one with --config.KEY=VALUE):\n\n{describe_keys()}")
         parser.exit()
 

@@ -116,40 +116,6 @@ def base_config() -> ConfigDict:
 
 
 
-def describe_keys() -> str:
-    """Every key with its default and meaning, from base_config()'s own lines and comments: the
-    text of `gptjax --help-config`."""
-    import inspect
-    import re
-
-    meaning, pending = {}, []
-    for line in inspect.getsource(base_config).splitlines():
-        line = line.strip()
-        if line.startswith("#"):
-            pending.append(line.lstrip("# "))  # a comment block says what the next key or section is
-            continue
-        target = re.match(r"c\.([\w.]+)(?:\[key\])? = [^#]*(?:#\s*(.*))?$", line)
-        if target and "[key]" not in line:
-            meaning[target.group(1)] = " ".join([*pending, target.group(2) or ""]).strip()
-        pending = []
-    rows = []
-
-    def walk(node, prefix=""):
-        for key, value in node.items():
-            name = prefix + key
-            if isinstance(value, ConfigDict):
-                if meaning.get(name):
-                    rows.append((f"{name}.*", "", meaning[name]))
-                walk(value, name + ".")
-            else:
-                rows.append((name, repr(value), meaning.get(name, "")))
-
-    walk(base_config())
-    left = [f"{k} = {d}" if d else k for k, d, _ in rows]
-    width = min(max(map(len, left)), 44) + 2
-    return "\n".join(f"{text:<{width}}{m}".rstrip() for text, (_, _, m) in zip(left, rows))
-
-
 def load_config(name: str) -> ConfigDict:
     """gptjax/configs/NAME.py's get_config(), or a path to such a file."""
     path = Path(name)
@@ -208,7 +174,7 @@ def _parse(key: str, text: str, current, field_type):
 
 
 # What each tuple key holds, for comma lists and for the error that shows the form.
-LIST_ITEMS = {"data.buckets": (int, "64,128,256"), "data.synthetic_sizes": (int, "2000,400,400"), "data.label_names": (str, "O,B-PER,I-PER"),
+LIST_ITEMS = {"data.buckets": (int, "64,128,256"), "data.label_names": (str, "O,B-PER,I-PER"),
               "lora.targets": (str, "attn.c_attn,mlp.c_fc"), "generate.stop": (str, r"'\n\n',###")}
 
 
