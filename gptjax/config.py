@@ -387,8 +387,13 @@ def check_generation(config: ConfigDict, n_positions: int, prompt_length: int = 
                           f"n_positions={n_positions}; lower it (at most {n_positions - 1})")
 
 
-def check_platform(config: ConfigDict) -> None:
-    """Refuses settings the devices JAX runs on here cannot compute (it starts JAX)."""
+def check_platform(config: ConfigDict, training: bool = True) -> None:
+    """Refuses settings the devices JAX runs on here cannot compute (it starts JAX), and, when
+    `training`, float16 wherever it runs: its gradients underflow without the loss scaling gptjax
+    does not do, while reading a model in float16 is safe."""
+    if training and config.model.dtype == "float16":
+        raise ConfigError("model.dtype='float16' cannot train (no loss scaling): use bfloat16; float16 is for "
+                          "--mode=eval/predict/generate/export")
     import jax
 
     if config.model.dtype == "float16" and jax.default_backend() == "cpu":
@@ -496,5 +501,5 @@ def apply_use_time(config: ConfigDict, overrides: dict[str, str]) -> ConfigDict:
         if was != now:
             raise ConfigError(f"--config.{key}={overrides[key]}: the trained run has {key}={was!r}, which a reading "
                               f"mode cannot change (it may change: {', '.join(USE_TIME_KEYS)})")
-    check_platform(validate(config))  # the one validation every mode's config goes through
+    check_platform(validate(config), training=False)  # the one validation every reading mode's config goes through
     return config
