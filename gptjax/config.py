@@ -388,16 +388,11 @@ def check_generation(config: ConfigDict, n_positions: int, prompt_length: int = 
 
 
 def check_platform(config: ConfigDict, training: bool = True) -> None:
-    """Refuses settings the devices JAX runs on here cannot compute (it starts JAX), and, when
-    `training`, float16 wherever it runs: its gradients underflow without the loss scaling gptjax
-    does not do, while reading a model in float16 is safe."""
-    if training and config.model.dtype == "float16":
-        raise ConfigError("model.dtype='float16' cannot train (no loss scaling): use bfloat16; float16 is for "
-                          "--mode=eval/predict/generate/export")
+    """Refuses what the devices here cannot compute (it starts JAX), and float16 gradients: no loss scaling."""
     import jax
-
-    if config.model.dtype == "float16" and jax.default_backend() == "cpu":
-        raise ConfigError("model.dtype='float16': XLA:CPU has no float16 matmul; on a CPU use bfloat16 (or float32)")
+    if config.model.dtype == "float16" and (training or jax.default_backend() == "cpu"):
+        raise ConfigError("model.dtype='float16' cannot train (no loss scaling): use bfloat16" if training else
+                          "model.dtype='float16': XLA:CPU has no float16 matmul; on a CPU use bfloat16 (or float32)")
 
 
 # ---------------------------------------------------------------------------------------------

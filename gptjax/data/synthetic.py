@@ -1,8 +1,8 @@
 """Deterministic synthetic corpora: NER, sentiment (sequence classification), and plain text for causal LM.
 
 The offline `demo`, `sequence_demo` and `lm_demo` configs train on these: no download, yet real
-split files (CoNLL columns, JSON Lines, or plain text) and a real byte-level BPE tokenizer (gptjax/tokenizer.py, trained on the
-train split) go through the normal code paths.
+split files (CoNLL columns, JSON Lines, or plain text) and a real byte-level BPE tokenizer
+(gptjax/tokenizer.py, trained on the train split) go through the normal code paths.
 
 GPT-2 is causal: a word's tag can only depend on the words before it. So every entity slot
 follows a cue that tells its type ("Shares of", "arrived in", "Minister"), and validation/test
