@@ -1,7 +1,7 @@
 """gptjax's command line: gptjax (or python -m gptjax, or python run.py) --config=NAME --workdir=DIR [--mode=MODE] [--config.KEY=VALUE ...]
                      or: gptjax compare RECORDS... [--out PNG]  (benchmark records: a table, and a chart with --out)
 
-  --config     a named config, gptjax/configs/NAME.py (demo, ner, sst2, lm_demo, lm), or a path to a config
+  --config     a named config, gptjax/configs/NAME.py (demo, sequence_demo, ner, sst2, lm_demo, lm), or a path to a config
                file; train and benchmark only
   --workdir    where a run writes run.json (its config, labels and data fingerprint), tokenizer/,
                metrics.jsonl, results.json, report.txt, TensorBoard events, checkpoints/, best/

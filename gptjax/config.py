@@ -356,12 +356,12 @@ def check_generation(config: ConfigDict, n_positions: int, prompt_length: int = 
                           f"n_positions={n_positions}; lower it (at most {n_positions - 1})")
 
 
-def check_platform(config: ConfigDict) -> None:
-    """Refuses settings the devices JAX runs on here cannot compute (it starts JAX)."""
+def check_platform(config: ConfigDict, training: bool = True) -> None:
+    """Refuses what the devices here cannot compute (it starts JAX), and float16 gradients: no loss scaling."""
     import jax
-
-    if config.model.dtype == "float16" and jax.default_backend() == "cpu":
-        raise ConfigError("model.dtype='float16': XLA:CPU has no float16 matmul; on a CPU use bfloat16 (or float32)")
+    if config.model.dtype == "float16" and (training or jax.default_backend() == "cpu"):
+        raise ConfigError("model.dtype='float16' cannot train (no loss scaling): use bfloat16" if training else
+                          "model.dtype='float16': XLA:CPU has no float16 matmul; on a CPU use bfloat16 (or float32)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,5 +463,5 @@ def apply_use_time(config: ConfigDict, overrides: dict[str, str]) -> ConfigDict:
         if was != now:
             raise ConfigError(f"--config.{key}={overrides[key]}: the trained run has {key}={was!r}, which a reading "
                               f"mode cannot change (it may change: {', '.join(USE_TIME_KEYS)})")
-    check_platform(validate(config))  # the one validation every mode's config goes through
+    check_platform(validate(config), training=False)  # the one validation every reading mode's config goes through
     return config

@@ -18,7 +18,7 @@ from gptjax.data.batching import buckets_for
 from gptjax.data.encode import EncodedSplit, pad_token_id
 from gptjax.data.examples import CompletionExample
 from gptjax.data.labels import IGNORE_INDEX, LabelVocab
-from gptjax.data.sources import OFFLINE_HINT, is_hub_id, load_data, use_cache_only_if_hub_unreachable
+from gptjax.data.sources import hub_failure, is_hub_id, load_data, use_cache_only_if_hub_unreachable
 from gptjax.errors import CheckpointError, ConfigError, DataError, SetupError
 from gptjax.hf import from_pretrained, resolve_checkpoint
 from gptjax.model import GPT2, GPT2Config, init_model
@@ -48,7 +48,7 @@ def tokenizer_for(config, train_examples, model_dir: Path | None):
     try:
         return load_tokenizer(name, task.prefix_space)
     except Exception as e:  # noqa: BLE001
-        raise SetupError(f"tokenizer {name!r}: could not load it ({type(e).__name__}: {e}).\n{OFFLINE_HINT}") from e
+        raise SetupError(hub_failure("tokenizer.name_or_path", name, e)) from e
 
 
 def build_model(config, vocab: LabelVocab, tokenizer, model_dir: Path | None) -> GPT2:
@@ -82,7 +82,7 @@ def checkpoint_dir(config) -> Path | None:
     try:
         return resolve_checkpoint(config.model.name_or_path)
     except CheckpointError as e:
-        raise SetupError(f"model.name_or_path: {e}\n{OFFLINE_HINT}") from e
+        raise SetupError(hub_failure("model.name_or_path", config.model.name_or_path, e)) from e
 
 
 def encode(config, splits, tokenizer, vocab) -> dict[str, EncodedSplit]:

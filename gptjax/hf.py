@@ -284,5 +284,9 @@ def save_pretrained(model: GPT2, directory: str | os.PathLike) -> Path:
     # No lm_head.weight: it is tied to wte, and transformers re-ties it on load.
     tensors = to_hf_state_dict(model)
     save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt"})
+    # safetensors creates its file 0600; an export is shared like the config.json beside it.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(directory / WEIGHTS, 0o666 & ~umask)
     (directory / CONFIG).write_text(json.dumps(hf_config_dict(model), indent=2) + "\n", encoding="utf-8")
     return directory

@@ -158,7 +158,7 @@ SEQUENCE = Task(
     read_file=lambda path, cfg: readers.read_sequence_file(path, cfg.text_column, cfg.label_column or "label"),
     read_hub=lambda ds, where, cfg: readers.sequence_examples_from_hf(ds, where, text_column=cfg.text_column,
                                                                       label_column=cfg.label_column),
-    check=_named, synthetic=None,
+    check=_named, synthetic=synthetic.write_sentiment_corpus,
     vocab=LabelVocab.from_classes, check_labels=check_sequence_labels,
     prefix_space=True,
     texts=lambda examples: [ex.text for ex in examples],

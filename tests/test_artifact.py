@@ -86,6 +86,14 @@ def test_eval_matches_training_results_and_the_export(trained_run, small_ner):
         results["test"]["f1"], abs=1e-6)
 
 
+def test_every_exported_file_honours_the_umask(trained_run):
+    workdir, _ = trained_run
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (workdir / "export").iterdir() if p.is_file()}
+    assert "model.safetensors" in modes and set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
 def test_resume_refuses_changed_data_and_tokenizer(small_ner, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(small_ner, data)

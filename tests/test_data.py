@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from gptjax.config import base_config
 from gptjax.data import batching, encode, labels, readers
 from gptjax.data.examples import SequenceExample, TokenExample
 from gptjax.data.labels import LabelVocab
-from gptjax.errors import DataError
+from gptjax.errors import DataError, SetupError
 from gptjax.tokenizer import train_tokenizer
 
 # Enough text for a BPE with merges, too little for long or rare words to be one token.
@@ -492,3 +493,18 @@ def test_end_to_end_directory_to_batches(tmp_path, tok):
     first = batch["word_index"] >= 0
     assert [vocab.id2label[i] for i in batch["labels"][0][first[0]]] == ["B-PER", "I-PER", "O"]
     assert os.path.basename(enc.examples[0].source) == "train.conll"
+
+
+def test_a_hub_dataset_without_the_datasets_package_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed: import raises ImportError
+    with pytest.raises(SetupError, match=r"^data.source='org/some-set': a Hugging Face Hub dataset needs the datasets "
+                                         r"package: pip install 'gptjax\[hub\]'$"):
+        tasks.get("sequence").load_splits("org/some-set")
+    from gptjax.data.sources import load_data
+
+    config = base_config()
+    config.task, config.data.source = "sequence", "org/some-set"
+    with pytest.raises(SetupError, match=r"needs the datasets package: pip install 'gptjax\[hub\]'$"):
+        load_data(config)  # the command's path, the same one line
+    tasks.SEQUENCE.synthetic(0, (4, 2, 2), str(tmp_path))  # local files need no datasets
+    assert len(tasks.SEQUENCE.load_splits(str(tmp_path))["train"]) == 4

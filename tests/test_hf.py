@@ -202,3 +202,16 @@ def test_missing_and_unexpected_tensors(tmp_path):
     save_file({**tensors, "transformer.h.0.attn.q_proj.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(CheckpointError, match="does not have.*h.0.attn.q_proj.weight"):
         gptjax.from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_weights_honour_the_umask_like_the_config(umask, tmp_path):
+    model = gptjax.init_model(gptjax.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=11, n_positions=8),
+                              "causal_lm", seed=0)
+    before = os.umask(umask)
+    try:
+        gptjax.save_pretrained(model, tmp_path)
+    finally:
+        os.umask(before)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"config.json": 0o666 & ~umask, "model.safetensors": 0o666 & ~umask}

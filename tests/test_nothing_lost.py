@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import run
-from gptjax.config import apply_overrides, load_config, validate
+from gptjax.config import apply_overrides, base_config, load_config, validate
 from gptjax.errors import ConfigError
 from gptjax.train import train_and_evaluate
 
@@ -389,10 +389,23 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(world, tmp_pat
 
 
 def test_float16_on_a_cpu_is_refused_in_every_mode(world, tmp_path):
-    message = "model.dtype='float16': XLA:CPU has no float16 matmul"
-    assert message in main(*flags(world / "data"), "--config.model.dtype=float16", f"--workdir={tmp_path / 'run'}")
-    assert message in main("--mode=eval", f"--workdir={world / 'run'}", "--config.model.dtype=float16")
+    training = "model.dtype='float16' cannot train (no loss scaling): use bfloat16"
+    assert training in main(*flags(world / "data"), "--config.model.dtype=float16", f"--workdir={tmp_path / 'run'}")
+    assert main("--mode=eval", f"--workdir={world / 'run'}", "--config.model.dtype=float16").endswith(
+        "model.dtype='float16': XLA:CPU has no float16 matmul; on a CPU use bfloat16 (or float32)")
     assert not (tmp_path / "run").exists()
+
+
+def test_float16_is_refused_for_training_on_any_platform_but_allowed_for_reading(monkeypatch):
+    import jax
+
+    from gptjax.config import check_platform
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # an accelerator, where float16 computes
+    config = apply_overrides(base_config(), {"model.dtype": "float16"})
+    check_platform(config, training=False)
+    with pytest.raises(ConfigError, match=r"^model.dtype='float16' cannot train .*use bfloat16"):
+        check_platform(config)
 
 
 def _start(*args):

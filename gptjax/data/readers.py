@@ -21,7 +21,7 @@ from typing import Any
 
 from gptjax.data.examples import CompletionExample, SequenceExample, TextExample, TokenExample
 from gptjax.data.labels import convert_iob1_to_iob2
-from gptjax.errors import DataError
+from gptjax.errors import DataError, SetupError
 
 logger = logging.getLogger(__name__)
 
@@ -332,7 +332,11 @@ def load_splits(source: str, *, extensions: Sequence[str], read_file: Callable[[
     if source.startswith(("/", ".", "~")):
         # Looks like a path, so a typo should not turn into a hub download.
         raise DataError(f"{source}: no such directory")
-    import datasets
+    try:
+        import datasets
+    except ImportError:  # an optional dependency: only hub datasets need it
+        raise SetupError(f"data.source={source!r}: a Hugging Face Hub dataset needs the datasets package: "
+                         "pip install 'gptjax[hub]'") from None
 
     logger.info("loading %s (config %s) with datasets.load_dataset", source, hub_config)
     dataset_dict = datasets.load_dataset(source, hub_config)

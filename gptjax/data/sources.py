@@ -17,10 +17,21 @@ log = logging.getLogger("gptjax")
 OFFLINE_HINT = (
     "Without the Hugging Face Hub, point --config.model.name_or_path at a local directory with "
     "config.json and model.safetensors (and tokenizer files), --config.data.source at a directory "
-    "with train/validation/test files, or run --config=demo or --config=lm_demo, which need no "
-    "download."
+    "with train/validation/test files, or run --config=demo, --config=sequence_demo or "
+    "--config=lm_demo, which need no download."
 )
+# The hub's host once the probe has found it out of reach: errors then say so, not the advice
+# huggingface_hub gives for an HF_HUB_OFFLINE the user never set.
+_unreachable: list[str] = []
 
+
+def hub_failure(key: str, value: str, e: Exception) -> str:
+    """The message for config key `key`, whose `value` (a hub id or a local path) could not be loaded."""
+    if _unreachable and is_hub_id(value):
+        return (f"{key}={value!r}: not in the local cache, and the Hugging Face Hub ({_unreachable[0]}) is "
+                "unreachable; offline, use local files (--config.data.source=DIR --config.model.name_or_path=DIR) "
+                "or a demo (--config=demo, --config=sequence_demo, --config=lm_demo)")
+    return f"{key}={value!r}: could not load it ({type(e).__name__}: {e}).\n{OFFLINE_HINT}"
 
 
 def is_hub_id(name: str | None) -> bool:
@@ -41,6 +52,7 @@ def use_cache_only_if_hub_unreachable(timeout: float = 3.0) -> None:
         return
     except OSError:
         log.warning("the Hugging Face Hub (%s) is unreachable: using the local cache only", host)
+        _unreachable[:] = [host]
     constants.HF_HUB_OFFLINE = True
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
@@ -80,10 +92,10 @@ def _load_splits(config, source: str, names) -> dict[str, list]:
     task = tasks.get(config.task)
     try:
         splits = task.load_splits(source, cfg, names)
-    except DataError:
+    except (DataError, SetupError):
         raise
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds when the hub is out of reach
-        raise SetupError(f"data.source={source!r}: could not load it ({type(e).__name__}: {e}).\n{OFFLINE_HINT}") from e
+        raise SetupError(hub_failure("data.source", source, e)) from e
     splits = task.check(splits, cfg)  # labels named and checked against the task's scheme, before training
     if "validation" in splits:
         splits.setdefault("test", splits["validation"])

@@ -1,8 +1,8 @@
-"""Deterministic synthetic corpora: NER, and plain text for causal LM.
+"""Deterministic synthetic corpora: NER, sentiment (sequence classification), and plain text for causal LM.
 
-The offline `demo` and `lm_demo` configs train on these: no download, yet real split files (CoNLL
-columns, or plain text) and a real byte-level BPE tokenizer (gptjax/tokenizer.py, trained on the
-train split) go through the normal code paths.
+The offline `demo`, `sequence_demo` and `lm_demo` configs train on these: no download, yet real
+split files (CoNLL columns, JSON Lines, or plain text) and a real byte-level BPE tokenizer
+(gptjax/tokenizer.py, trained on the train split) go through the normal code paths.
 
 GPT-2 is causal: a word's tag can only depend on the words before it. So every entity slot
 follows a cue that tells its type ("Shares of", "arrived in", "Minister"), and validation/test
@@ -12,6 +12,7 @@ capitalisation rather than memory.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 
@@ -264,4 +265,64 @@ def write_lm_corpus(seed: int, sizes: Sequence[int], directory: str) -> str:
     for split, documents in make_lm_corpus(seed, sizes).items():
         with open(os.path.join(directory, f"{split}.txt"), "w", encoding="utf-8") as f:
             f.write("".join(d + "\n" for d in documents))
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------
+# A sentiment corpus for sequence classification (the sequence_demo config)
+#
+# A review says one or two things about a subject; each thing is a polar adjective, sometimes
+# negated ("was not good"). The label is the review's sentiment: every statement in a review
+# agrees, so a model must read the adjectives and the negations, not a cue at a fixed position.
+# Most reviews in validation and test are word combinations training never shows.
+
+SUBJECTS = ("the film", "the food", "the hotel", "the service", "the book", "the phone", "the staff", "the music",
+            "the room", "the car", "the game", "the show", "the coffee", "the trip", "the class", "the app",
+            "the museum", "the concert", "the laptop", "the bakery", "the ferry", "the garden")
+POSITIVE = ("good", "great", "excellent", "lovely", "wonderful", "friendly", "delightful", "superb", "pleasant",
+            "brilliant")
+NEGATIVE = ("bad", "awful", "terrible", "poor", "dreadful", "rude", "boring", "horrible", "disappointing",
+            "dull")
+REVIEW_TEMPLATES = (
+    "{S} was {A} .",
+    "i thought {S} was {A} .",
+    "{S} was {A} and {S} was {A} .",
+    "honestly , {S} was {A} , and {S} was {A} too .",
+    "we found {S} {A} .",
+    "overall {S} felt {A} .",
+)
+SENTIMENTS = ("negative", "positive")
+
+
+def make_review(rng: np.random.Generator) -> tuple[str, str]:
+    """(text, label): one review whose statements all agree on the label."""
+    label = int(rng.integers(2))
+    parts = []
+    for piece in REVIEW_TEMPLATES[rng.integers(len(REVIEW_TEMPLATES))].split():
+        if piece == "{S}":
+            parts.append(SUBJECTS[rng.integers(len(SUBJECTS))])
+        elif piece == "{A}":
+            negated = rng.random() < 0.3  # "not good" is negative: the word alone does not decide
+            pool = POSITIVE if label != negated else NEGATIVE
+            parts.append(("not " if negated else "") + pool[rng.integers(len(pool))])
+        else:
+            parts.append(piece)
+    return " ".join(parts), SENTIMENTS[label]
+
+
+def make_sentiment_corpus(seed: int = 0, sizes: Sequence[int] = (2000, 400, 400)) -> dict[str, list[tuple[str, str]]]:
+    """{"train", "validation", "test"}: deterministic (text, label) reviews, balanced in expectation."""
+    corpus = {}
+    for k, (split, size) in enumerate(zip(("train", "validation", "test"), sizes)):
+        rng = np.random.default_rng([seed, k])  # one generator a split, as make_ner_corpus
+        corpus[split] = [make_review(rng) for _ in range(size)]
+    return corpus
+
+
+def write_sentiment_corpus(seed: int, sizes: Sequence[int], directory: str) -> str:
+    """Each split of make_sentiment_corpus as `directory`/{split}.jsonl ({"text", "label"} a line)."""
+    os.makedirs(directory, exist_ok=True)
+    for split, reviews in make_sentiment_corpus(seed, sizes).items():
+        with open(os.path.join(directory, f"{split}.jsonl"), "w", encoding="utf-8") as f:
+            f.write("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in reviews))
     return directory
