@@ -78,6 +78,7 @@ def base_config() -> ConfigDict:
     c.train.adam_eps = 1e-8
     c.train.patience = config_dict.placeholder(int)  # early stopping: epochs without gain; None = off
     c.train.log_every = 50  # steps between log lines and metrics.jsonl entries
+    c.train.eval_every_steps = config_dict.placeholder(int)  # validation also every N steps (best model, patience)
     # Which parameters train (gptjax/partition.py): "none" (all of them), "head_only" (the task head), or
     # "top_k" (the top train.trainable_blocks blocks, the final LayerNorm and the head).
     c.train.freeze = "none"
@@ -291,6 +292,7 @@ RANGES = (
     ("train.adam_eps", 0, False, None, None),
     ("train.patience", 1, True, None, None),
     ("train.log_every", 1, True, None, None),
+    ("train.eval_every_steps", 1, True, None, None),
     ("train.trainable_blocks", 1, True, None, None),
     ("model.dropout", 0, True, 1, False),
     ("model.unroll", 1, True, None, None),
