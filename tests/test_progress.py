@@ -147,3 +147,30 @@ def test_resume_at_an_evaluation_step_is_exact(small_ner, tmp_path, monkeypatch)
     assert metrics_without_timing(stopped) == metrics_without_timing(reference)
     assert results == json.loads((reference / "results.json").read_text())
     assert os.listdir(stopped / "best") == os.listdir(reference / "best")
+
+
+def test_benchmark_mode_logs_its_phases_as_it_goes(tmp_path, caplog):
+    import run
+    from test_bench_train_step import TINY as BENCH_TINY
+
+    with caplog.at_level(logging.INFO, logger="gptjax"):
+        run.main(["--config=demo", f"--workdir={tmp_path}", "--mode=benchmark", "--benchmark_steps=2",
+                  "--benchmark_warmup=1", *BENCH_TINY])
+    messages = [r.getMessage() for r in caplog.records]
+    phases = ["building the model", "compiling the train step", "compiled the train step in", "timing 2 steps of train",
+              "timing 2 pipelined train steps", "compiling the eval step", "measuring the train step's memory"]
+    at = [next((i for i, m in enumerate(messages) if m.startswith(p)), None) for p in phases]
+    assert None not in at and at[:5] == sorted(at[:5]), messages
+
+
+def test_decoding_benchmark_logs_its_phases(caplog):
+    from gptjax.bench import decoding
+    from test_generate import TINY as MODEL
+
+    with caplog.at_level(logging.INFO, logger="gptjax"):
+        decoding.run(MODEL, model_name="tiny", batch_sizes=(1,), prompt_length=8, max_new_tokens=4, repeats=1,
+                     mixed_requests=1, bandwidth_bytes=2**20)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for phase in ("building the runners", "gptjax: compiling and running the first call", "timing 1 calls",
+                  "mixed shapes"):
+        assert phase in text, text
