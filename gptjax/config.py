@@ -115,7 +115,6 @@ def base_config() -> ConfigDict:
     return c
 
 
-
 def describe_keys() -> str:
     """Every key with its default and meaning, from base_config()'s own lines and comments: the
     text of `gptjax --help-config`."""
@@ -291,8 +290,7 @@ RANGES = (
     ("train.adam_b2", 0, True, 1, False),
     ("train.adam_eps", 0, False, None, None),
     ("train.patience", 1, True, None, None),
-    ("train.log_every", 1, True, None, None),
-    ("train.eval_every_steps", 1, True, None, None),
+    ("train.log_every", 1, True, None, None), ("train.eval_every_steps", 1, True, None, None),
     ("train.trainable_blocks", 1, True, None, None),
     ("model.dropout", 0, True, 1, False),
     ("model.unroll", 1, True, None, None),
