@@ -118,12 +118,20 @@ class Reporter:
         if not self._evaluated:
             log.info("evaluating on %s (compiling the evaluation step first) ...", split)
         start = time.perf_counter()
-        yield
-        seconds = time.perf_counter() - start
+        with self.untimed():
+            yield
         if not self._evaluated:
-            log.info("compiled the evaluation step and evaluated %s in %.1f s", split, seconds)
+            log.info("compiled the evaluation step and evaluated %s in %.1f s", split, time.perf_counter() - start)
         self._evaluated = True
-        self._since += seconds
+
+    @contextlib.contextmanager
+    def untimed(self):
+        """Around what is not training (saving a checkpoint, say): left out of tokens/s and the ETA."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._since += time.perf_counter() - start
 
     def pending(self, step: int, metrics: dict) -> None:
         """Holds a step's device metrics without fetching them."""

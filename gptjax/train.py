@@ -109,7 +109,8 @@ def _train(config, workdir) -> dict:
     def save(step):
         meta = {"progress": dataclasses.asdict(progress), "pending_metrics": reporter.settle(),
                 "config": config_json(config), "labels": exp.vocab.names, "base": base}
-        checkpoints.save(step, steps.state, meta)
+        with reporter.untimed():
+            checkpoints.save(step, steps.state, meta)
 
     def evaluate(split, params=None):
         return evaluate_encoded(task, exp.encoded[split], exp.vocab.names, steps, config, exp.tokenizer, params)
@@ -120,8 +121,9 @@ def _train(config, workdir) -> dict:
         reporter.eval_line(step, "validation", progress.epoch, scalar_metrics(val))
         if task.improves(val[primary], progress.best_score):
             progress.best_score, progress.best_epoch, progress.epochs_without_gain = val[primary], progress.epoch, 0
-            checkpoints.save_best(step, steps.params, {"epoch": progress.epoch, "step": step, "validation": val,
-                                                       "base": base, "labels": exp.vocab.names})
+            with reporter.untimed():
+                checkpoints.save_best(step, steps.params, {"epoch": progress.epoch, "step": step, "validation": val,
+                                                           "base": base, "labels": exp.vocab.names})
         else:
             # Counts evaluations: with eval_every_steps unset, one an epoch.
             progress.epochs_without_gain += 1

@@ -174,3 +174,25 @@ def test_decoding_benchmark_logs_its_phases(caplog):
     for phase in ("building the runners", "gptjax: compiling and running the first call", "timing 1 calls",
                   "mixed shapes"):
         assert phase in text, text
+
+
+def test_compiling_evaluating_and_saving_are_left_out_of_throughput_and_eta(tmp_path):
+    reporter = Reporter(tmp_path, 10, write=False)
+    metrics = {"loss": jnp.float32(1.0), "grad_norm": jnp.float32(1.0)}
+
+    def slow():
+        time.sleep(1.0)  # a compilation
+        return metrics
+
+    reporter.pending(1, reporter.step(slow, 1000, (4, 8)))
+    for step in (2, 3):
+        reporter.pending(step, reporter.step(lambda: metrics, 1000, (4, 8)))
+    with reporter.evaluating("validation"):
+        time.sleep(0.5)
+    with reporter.untimed():
+        time.sleep(0.5)  # a checkpoint
+    reporter.flush_train(0, lambda step: 1e-3)
+    assert reporter.eta(3) is not None and reporter.eta(3) < 0.5
+    reporter.close()
+    # Only steps 2 and 3 were timed: 2000 tokens in far less than the 2 s slept.
+    assert reporter._train_steps == 2 and reporter._train_seconds < 0.5
