@@ -78,7 +78,7 @@ class Reporter:
 
             self.progress = tqdm(total=total_steps, initial=resume_step or 0, unit="step", dynamic_ncols=True)
             # Log lines written through tqdm print above the bar instead of being glued onto it.
-            self._display.enter_context(logging_redirect_tqdm([logging.root, log]))
+            self._display.enter_context(logging_redirect_tqdm())
         self._pending: list[tuple[int, dict]] = [(step, metrics) for step, metrics in pending]
         self._tokens = 0
         self._start = self._since = time.perf_counter()
