@@ -102,6 +102,7 @@ def test_terminal_bar_shows_lr_and_grad_norm_and_log_lines_print_above_it(tmp_pa
         logging.root.removeHandler(handler)
     # tqdm.write clears the bar before the line: the line starts after a carriage return or newline.
     out = terminal.getvalue()
+    assert out.count("a line of its own") == 1  # once, not also through a handler on the gptjax logger
     before = out[:out.index("a line of its own")]
     assert before.endswith(("\r", "\n", "\x1b[A")) or before.rstrip(" ").endswith(("\r", "\n")), repr(out)
 
