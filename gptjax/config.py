@@ -77,8 +77,9 @@ def base_config() -> ConfigDict:
     c.train.adam_b1 = 0.9  # AdamW's moment decay rates and epsilon
     c.train.adam_b2 = 0.999
     c.train.adam_eps = 1e-8
-    c.train.patience = config_dict.placeholder(int)  # early stopping: epochs without gain; None = off
+    c.train.patience = config_dict.placeholder(int)  # early stopping: evaluations without gain; None = off
     c.train.log_every = 50  # steps between log lines and metrics.jsonl entries
+    c.train.eval_every_steps = config_dict.placeholder(int)  # validation also every N steps (best model, patience)
     # Which parameters train (gptjax/partition.py): "none" (all of them), "head_only" (the task head), or
     # "top_k" (the top train.trainable_blocks blocks, the final LayerNorm and the head).
     c.train.freeze = "none"
@@ -113,7 +114,6 @@ def base_config() -> ConfigDict:
     c.checkpoint.keep = 3  # newest checkpoints kept (best/ is kept apart)
     c.checkpoint.resume = True  # the same command on the same workdir continues the run
     return c
-
 
 
 def load_config(name: str) -> ConfigDict:
@@ -258,7 +258,7 @@ RANGES = (
     ("train.adam_b2", 0, True, 1, False),
     ("train.adam_eps", 0, False, None, None),
     ("train.patience", 1, True, None, None),
-    ("train.log_every", 1, True, None, None),
+    ("train.log_every", 1, True, None, None), ("train.eval_every_steps", 1, True, None, None),
     ("train.trainable_blocks", 1, True, None, None),
     ("model.dropout", 0, True, 1, False),
     ("model.unroll", 1, True, None, None),

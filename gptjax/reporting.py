@@ -7,6 +7,8 @@ averaged over the interval.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import logging
 import math
@@ -28,7 +30,6 @@ log = logging.getLogger("gptjax")
 METRICS_FILE = "metrics.jsonl"
 
 
-
 def read_metrics(path) -> list[dict]:
     """The lines of a metrics.jsonl as the run's final history: a resumed run's lines replace
     those the stopped run wrote after its checkpoint (and its test line); "run" lines and a line
@@ -44,6 +45,11 @@ def read_metrics(path) -> list[dict]:
         else:
             kept.append(line)
     return kept
+
+
+def clock(seconds: float | None) -> str:
+    """H:MM:SS, or "?" where nothing is known yet."""
+    return "?" if seconds is None else str(datetime.timedelta(seconds=round(seconds)))
 
 
 class Reporter:
@@ -65,16 +71,67 @@ class Reporter:
             self.tensorboard = SummaryWriter(self._staging or str(self.tensorboard_dir))
         self.total_steps = total_steps
         self.progress = None
+        self._display = contextlib.ExitStack()
         if write and sys.stderr.isatty():
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self.progress = tqdm(total=total_steps, initial=resume_step or 0, unit="step", dynamic_ncols=True)
+            # Log lines written through tqdm print above the bar instead of being glued onto it.
+            self._display.enter_context(logging_redirect_tqdm())
         self._pending: list[tuple[int, dict]] = [(step, metrics) for step, metrics in pending]
         self._tokens = 0
-        self._since = time.perf_counter()
+        self._start = self._since = time.perf_counter()
+        # Seconds and steps of training proper (no compiling, no evaluation): what throughput and
+        # the ETA are made of.
+        self._train_seconds, self._train_steps, self._interval_steps = 0.0, 0, 0
+        self._shapes: set[tuple] = set()
+        self._evaluated = False
 
     def count_tokens(self, n: int) -> None:
         self._tokens += n
+
+    def step(self, run, tokens: int, shape: tuple):
+        """Runs one train step (`run()`) on a batch of `shape`. A shape not seen before compiles
+        the step (the first batch, and each new bucket length): that step is announced, waited
+        for and timed, and left out of tokens/s and the ETA, which it would otherwise dominate."""
+        if shape in self._shapes:
+            self._tokens += tokens
+            self._interval_steps += 1
+            return run()
+        if self._pending:  # the steps before it, so that their time stays theirs
+            jax.block_until_ready(self._pending[-1][1])
+        what = "the train step" if not self._shapes else f"the train step for batches of {' x '.join(map(str, shape))}"
+        log.info("compiling %s ...", what)
+        start = time.perf_counter()
+        metrics = jax.block_until_ready(run())
+        seconds = time.perf_counter() - start
+        log.info("compiled %s and ran its first step in %.1f s", what, seconds)
+        self._shapes.add(shape)
+        self._since += seconds
+        return metrics
+
+    @contextlib.contextmanager
+    def evaluating(self, split: str):
+        """Around an evaluation: its time is left out of the train interval's tokens/s; the first
+        one compiles the evaluation step, which is said."""
+        if not self._evaluated:
+            log.info("evaluating on %s (compiling the evaluation step first) ...", split)
+        start = time.perf_counter()
+        with self.untimed():
+            yield
+        if not self._evaluated:
+            log.info("compiled the evaluation step and evaluated %s in %.1f s", split, time.perf_counter() - start)
+        self._evaluated = True
+
+    @contextlib.contextmanager
+    def untimed(self):
+        """Around what is not training (saving a checkpoint, say): left out of tokens/s and the ETA."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._since += time.perf_counter() - start
 
     def pending(self, step: int, metrics: dict) -> None:
         """Holds a step's device metrics without fetching them."""
@@ -99,8 +156,12 @@ class Reporter:
         if not self._pending:
             return
         held = self.settle()
-        elapsed = time.perf_counter() - self._since
+        seconds = time.perf_counter() - self._since
         step = held[-1][0]
+        self._train_seconds += seconds
+        self._train_steps += self._interval_steps
+        # None: the interval held only the compiling step, whose speed says nothing.
+        tokens_per_sec = self._tokens / seconds if self._interval_steps and seconds > 0 else None
         line = {
             "step": step,
             "split": "train",
@@ -108,16 +169,26 @@ class Reporter:
             "loss": float(np.mean([m["loss"] for _, m in held])),
             "grad_norm": float(np.mean([m["grad_norm"] for _, m in held])),
             "learning_rate": float(schedule(step - 1)),
-            "tokens_per_sec": self._tokens / elapsed if elapsed > 0 else 0.0,
+            "tokens_per_sec": tokens_per_sec,
         }
         self.write(line)
+        speed = "compiling" if tokens_per_sec is None else f"{tokens_per_sec:.0f}"
         if self.progress is not None:
             self.progress.update(len(held))
-            self.progress.set_postfix(loss=f"{line['loss']:.4f}", tok_s=f"{line['tokens_per_sec']:.0f}")
+            self.progress.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{line['learning_rate']:.2e}",
+                                      grad_norm=f"{line['grad_norm']:.3f}", tok_s=speed)
         else:
-            log.info("step %d/%d  loss %.4f  lr %.2e  grad_norm %.3f  %.0f tokens/s", step, self.total_steps,
-                     line["loss"], line["learning_rate"], line["grad_norm"], line["tokens_per_sec"])
-        self._pending, self._tokens, self._since = [], 0, time.perf_counter()
+            log.info("step %d/%d  loss %.4f  lr %.2e  grad_norm %.3f  %s tokens/s  elapsed %s  ETA %s", step,
+                     self.total_steps, line["loss"], line["learning_rate"], line["grad_norm"], speed,
+                     clock(time.perf_counter() - self._start), clock(self.eta(step)))
+        self._pending, self._tokens, self._since, self._interval_steps = [], 0, time.perf_counter(), 0
+
+    def eta(self, step: int) -> float | None:
+        """Seconds until the last step at the speed of the steps timed so far (evaluations not
+        counted); None before any was timed."""
+        if not self._train_steps:
+            return None
+        return (self.total_steps - step) * self._train_seconds / self._train_steps
 
     def eval_line(self, step: int, split: str, epoch: int | None, metrics: dict) -> None:
         line = {"step": step, "split": split, **({"epoch": epoch + 1} if epoch is not None else {}), **metrics}
@@ -125,7 +196,6 @@ class Reporter:
         self._copy_up_tensorboard()
         headline = {k: v for k, v in metrics.items() if isinstance(v, float)}
         log.info("%s at step %d: %s", split, step, "  ".join(f"{k} {v:.4f}" for k, v in headline.items()))
-        self._since = time.perf_counter()  # evaluation time is not training throughput
 
     def write(self, line: dict) -> None:
         if self.metrics_file is None:
@@ -138,6 +208,7 @@ class Reporter:
                 self.tensorboard.add_scalar(f"{line['split']}/{key}", value, line["step"])
 
     def close(self) -> None:
+        self._display.close()
         if self.progress is not None:
             self.progress.close()
         if self.tensorboard is not None:

@@ -109,10 +109,28 @@ def _train(config, workdir) -> dict:
     def save(step):
         meta = {"progress": dataclasses.asdict(progress), "pending_metrics": reporter.settle(),
                 "config": config_json(config), "labels": exp.vocab.names, "base": base}
-        checkpoints.save(step, steps.state, meta)
+        with reporter.untimed():
+            checkpoints.save(step, steps.state, meta)
 
     def evaluate(split, params=None):
         return evaluate_encoded(task, exp.encoded[split], exp.vocab.names, steps, config, exp.tokenizer, params)
+
+    def validate_and_keep_best():
+        with reporter.evaluating("validation"):
+            val = evaluate("validation")
+        reporter.eval_line(step, "validation", progress.epoch, scalar_metrics(val))
+        if task.improves(val[primary], progress.best_score):
+            progress.best_score, progress.best_epoch, progress.epochs_without_gain = val[primary], progress.epoch, 0
+            with reporter.untimed():
+                checkpoints.save_best(step, steps.params, {"epoch": progress.epoch, "step": step, "validation": val,
+                                                           "base": base, "labels": exp.vocab.names})
+        else:
+            # Counts evaluations: with eval_every_steps unset, one an epoch.
+            progress.epochs_without_gain += 1
+        if cfg.patience is not None and progress.epochs_without_gain >= cfg.patience:
+            log.info("early stopping at step %d (epoch %d): validation %s has not improved for %d evaluations",
+                     step, progress.epoch + 1, primary, cfg.patience)
+            progress.stopped_early = True
 
     rows = sharding.process_rows(cfg.batch_size)
 
@@ -127,13 +145,20 @@ def _train(config, workdir) -> dict:
             for batch in batches:
                 if step >= total_steps:
                     break
-                reporter.count_tokens(int(batch["attention_mask"].sum()))
-                metrics = steps.train(sharding.put_batch(process_batch(batch, rows), mesh))
+                metrics = reporter.step(lambda: steps.train(sharding.put_batch(process_batch(batch, rows), mesh)),
+                                        int(batch["attention_mask"].sum()), batch["input_ids"].shape)
                 step += 1
                 progress.offset += 1
                 reporter.pending(step, metrics)
                 if step % cfg.log_every == 0:
                     reporter.flush_train(progress.epoch, steps.schedule)
+                # Before any checkpoint of this step, which then holds the evaluation's outcome; not
+                # at an epoch's (or the run's) last step, which the epoch's evaluation follows.
+                if (cfg.eval_every_steps and step % cfg.eval_every_steps == 0 and progress.offset < steps_per_epoch
+                        and step < total_steps):
+                    validate_and_keep_best()
+                    if progress.stopped_early:
+                        break
                 if guard.requested(step):
                     save(step)
                     checkpoints.wait()
@@ -143,26 +168,18 @@ def _train(config, workdir) -> dict:
                     save(step)
             reporter.flush_train(progress.epoch, steps.schedule)
 
-            val = evaluate("validation")
-            reporter.eval_line(step, "validation", progress.epoch, scalar_metrics(val))
-            if task.improves(val[primary], progress.best_score):
-                progress.best_score, progress.best_epoch, progress.epochs_without_gain = val[primary], progress.epoch, 0
-                checkpoints.save_best(step, steps.params, {"epoch": progress.epoch, "validation": val, "base": base,
-                                                           "labels": exp.vocab.names})
-            else:
-                progress.epochs_without_gain += 1
-            if cfg.patience is not None and progress.epochs_without_gain >= cfg.patience:
-                log.info("early stopping after epoch %d: validation %s has not improved for %d epochs",
-                         progress.epoch + 1, primary, cfg.patience)
-                progress.stopped_early = True
+            if not progress.stopped_early:  # else an evaluation at this step stopped it
+                validate_and_keep_best()
             if progress.offset >= steps_per_epoch:  # not when max_steps stopped the epoch part way
                 progress.epoch, progress.offset = progress.epoch + 1, 0
             save(step)
 
         checkpoints.wait()
         params, best = checkpoints.restore_best(abstract_like(steps.params))
-        log.info("kept epoch %d (validation %s %.4f)", best["epoch"] + 1, primary, progress.best_score)
-        test = evaluate("test", params)
+        log.info("kept epoch %d, step %s (validation %s %.4f)", best["epoch"] + 1, best.get("step", "?"), primary,
+                 progress.best_score)
+        with reporter.evaluating("test"):
+            test = evaluate("test", params)
         reporter.eval_line(step, "test", best["epoch"], scalar_metrics(test))
     finally:
         guard.restore()
@@ -173,6 +190,7 @@ def _train(config, workdir) -> dict:
         "validation": scalar_metrics(best["validation"]),
         "test": scalar_metrics(test),
         "best_epoch": best["epoch"] + 1,
+        "best_step": best.get("step"),  # absent from a best model saved by an older gptjax
         "steps": step,
         "num_truncated": {split: enc.num_truncated for split, enc in exp.encoded.items()},
         "trainable_params": trainable_params,

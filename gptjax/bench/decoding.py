@@ -16,6 +16,7 @@ the form of the step benchmark's records, so `python -m gptjax.bench compare` li
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 
@@ -30,7 +31,7 @@ from gptjax.config import check_generation
 from gptjax.decoding import Buckets, Generator, compilations
 from gptjax.model import count_params, init_model
 
-
+log = logging.getLogger("gptjax")
 def random_prompts(batch: int, length: int, vocab_size: int, seed: int = 0) -> list[list[int]]:
     return np.random.default_rng(seed).integers(0, vocab_size, (batch, length)).tolist()
 
@@ -92,12 +93,15 @@ def time_decoding(runners: list, new_tokens: int, repeats: int) -> dict[str, dic
     counter = CompileCounter.get()
     out = {r.framework: {"full": [], "first_token": []} for r in runners}
     for r in runners:
+        log.info("%s: compiling and running the first call ...", r.framework)
         seconds, programs = counter.seconds, compilations()
         first = _timed(r, new_tokens)
         compiled = counter.seconds - seconds
         out[r.framework]["compile_time_s"] = compiled if compilations() > programs else first
         out[r.framework]["programs_after_first_call"] = compilations()
+        log.info("%s: first call in %.1f s; warming up ...", r.framework, first)
         _timed(r, 1)  # warm: the first-token call (gptjax: the same program)
+    log.info("timing %d calls of %d new tokens and %d first-token calls each ...", repeats, new_tokens, repeats)
     for _ in range(repeats):
         for r in runners:
             out[r.framework]["full"].append(_timed(r, new_tokens))
@@ -143,12 +147,15 @@ def run(model_config, *, model_name: str = "gpt2", batch_sizes=(1, 16), prompt_l
     (model_config, batch, prompt_length, new_tokens, seed=...), each runner with a `framework`
     name, `num_params`, `environment()`, and a call that decodes `new_tokens` tokens a row
     (benchmarks/torch_decoding.py). See the module docstring."""
+    log.info("measuring the memory copy bandwidth ...")
     bandwidth = copy_bandwidth(bandwidth_bytes)
     records = []
     for batch in batch_sizes:
         shapes = (model_config, batch, prompt_length, max_new_tokens)
+        log.info("batch %d: building the runners (random weights) ...", batch)
         runners = [GptjaxDecoding(*shapes, seed=seed, mesh=mesh), *(other(*shapes, seed=seed) for other in others)]
         timing = time_decoding(runners, max_new_tokens, repeats)
+        log.info("batch %d: %d calls of mixed shapes, to count recompilations ...", batch, mixed_requests)
         runners[0].mixed(mixed_requests, max_new_tokens)
         recompiles = compilations() - timing["gptjax"]["programs_after_first_call"]
         for runner in runners:

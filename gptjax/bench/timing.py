@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import resource
 import statistics
 import time
@@ -12,6 +13,7 @@ import time
 import jax
 import numpy as np
 
+log = logging.getLogger("gptjax")
 
 class CompileCounter:
     """Counts XLA compilations and adds up tracing + lowering + compiling time, via jax.monitoring."""
@@ -93,13 +95,16 @@ def time_steps(runners: dict, *, warmup: int, steps: int, probe=None) -> dict:
     counter = CompileCounter.get()
     out = {name: {"steps": steps, "times": []} for name in runners}
     for name, (run_step, batches, sync) in runners.items():
+        log.info("compiling the %s step ...", name)
         compiles, seconds, start = counter.compiles, counter.seconds, time.perf_counter()
         sync(run_step(next(batches)))
         first = time.perf_counter() - start
         out[name]["compile_time_s"] = counter.seconds - seconds if counter.compiles > compiles else first
+        log.info("compiled the %s step in %.1f s; warming up (%d steps or more) ...", name, first, warmup)
         warm_up(run_step, batches, sync, warmup)
     after_warmup = counter.compiles
     peaks = []
+    log.info("timing %d steps of %s, each waited for ...", steps, " and ".join(runners))
     for _ in range(steps):
         for name, (run_step, batches, sync) in runners.items():
             start = time.perf_counter()
@@ -108,6 +113,7 @@ def time_steps(runners: dict, *, warmup: int, steps: int, probe=None) -> dict:
         if probe is not None:
             peaks.append(probe())
     for name, (run_step, batches, sync) in runners.items():
+        log.info("timing %d pipelined %s steps ...", steps, name)
         ends, previous = [time.perf_counter()], None
         for _ in range(steps):
             result = run_step(next(batches))

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import logging
+
 import jax
 import numpy as np
 
@@ -23,6 +25,8 @@ from gptjax.bench import records
 from gptjax.bench.flops import forward_flops, peak_flops, train_flops
 from gptjax.bench.timing import peak_rss, prefetch, summarize, time_steps
 from gptjax.errors import ConfigError
+
+log = logging.getLogger("gptjax")
 
 
 def synthetic_batches(per_token: bool, batch: int, length: int, vocab_size: int, num_labels: int, seed: int = 0):
@@ -173,7 +177,10 @@ def run(config, workdir, *, config_name: str = "", results: str | None = None, s
         warmup: int = 2) -> dict:
     """run.py --mode=benchmark: times the config's train and eval steps, writes
     WORKDIR/benchmark.json, appends the record to `results`, and prints it as a table."""
+    log.info("building the model, optimizer and steps (random weights) ...")
     bench = GptjaxSteps(config)
+    log.info("built %s: %d parameters, batches of %d x %d", config.model.name_or_path or "gpt2", bench.num_params,
+             bench.shapes["batch_size"], bench.shapes["seq_len"])
     env = records.environment(bench.mesh)
     peak, peak_source, probe = peak_flops(env["device_kind"], env["platform"], bench.model_config.dtype)
     sync = jax.block_until_ready
@@ -181,6 +188,7 @@ def run(config, workdir, *, config_name: str = "", results: str | None = None, s
                         probe=probe)["train"]
     eval_timing = time_steps({"eval": (bench.predict, bench.batches(eval_=True), sync)}, warmup=2, steps=steps,
                              probe=probe)["eval"]
+    log.info("measuring the train step's memory ...")
     record = gptjax_record(bench, config, config_name, timing, eval_timing, env, peak, peak_source)
     record = records.finish(record, workdir, results)
     print(records.format_table([record]))
