@@ -184,13 +184,27 @@ def make_sentence(rng: np.random.Generator, held_out: float = 0.0,
 def make_ner_corpus(seed: int = 0, sizes: Sequence[int] = (2000, 400, 400),
                     held_out: float = 0.3, invented: float = 0.5) -> dict[str, list[TokenExample]]:
     """{"train", "validation", "test"}: deterministic IOB2 sentences with PER/ORG/LOC/MISC."""
+    # Training never sees the held-out names.
+    return _splits(seed, sizes, lambda rng, split: make_sentence(rng, 0.0 if split == "train" else held_out, invented))
+
+
+def _splits(seed: int, sizes: Sequence[int], make) -> dict[str, list]:
+    """{"train", "validation", "test"}: sizes[i] items of `make(rng, split)` in split i, from a
+    generator per split, so changing one split's size leaves the others unchanged."""
     corpus = {}
     for k, (split, size) in enumerate(zip(("train", "validation", "test"), sizes)):
-        # A generator per split: changing one split's size leaves the others unchanged.
         rng = np.random.default_rng([seed, k])
-        p = 0.0 if split == "train" else held_out  # training never sees the held-out names
-        corpus[split] = [make_sentence(rng, p, invented) for _ in range(size)]
+        corpus[split] = [make(rng, split) for _ in range(size)]
     return corpus
+
+
+def _write_lines(corpus: dict[str, list[str]], directory: str, extension: str) -> str:
+    """Each split as `directory`/{split}{extension}, one item a line; returns directory."""
+    os.makedirs(directory, exist_ok=True)
+    for split, lines in corpus.items():
+        with open(os.path.join(directory, f"{split}{extension}"), "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+    return directory
 
 
 def write_conll(examples: Iterable[TokenExample], path: str) -> None:
@@ -252,20 +266,12 @@ def make_lm_document(rng: np.random.Generator) -> str:
 
 def make_lm_corpus(seed: int = 0, sizes: Sequence[int] = (2000, 400, 400)) -> dict[str, list[str]]:
     """{"train", "validation", "test"}: deterministic documents, sizes[i] of them in split i."""
-    corpus = {}
-    for k, (split, size) in enumerate(zip(("train", "validation", "test"), sizes)):
-        rng = np.random.default_rng([seed, k])  # one generator a split, as make_ner_corpus
-        corpus[split] = [make_lm_document(rng) for _ in range(size)]
-    return corpus
+    return _splits(seed, sizes, lambda rng, split: make_lm_document(rng))
 
 
 def write_lm_corpus(seed: int, sizes: Sequence[int], directory: str) -> str:
     """Each split of make_lm_corpus as `directory`/{split}.txt, one document a line."""
-    os.makedirs(directory, exist_ok=True)
-    for split, documents in make_lm_corpus(seed, sizes).items():
-        with open(os.path.join(directory, f"{split}.txt"), "w", encoding="utf-8") as f:
-            f.write("".join(d + "\n" for d in documents))
-    return directory
+    return _write_lines(make_lm_corpus(seed, sizes), directory, ".txt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,17 +318,11 @@ def make_review(rng: np.random.Generator) -> tuple[str, str]:
 
 def make_sentiment_corpus(seed: int = 0, sizes: Sequence[int] = (2000, 400, 400)) -> dict[str, list[tuple[str, str]]]:
     """{"train", "validation", "test"}: deterministic (text, label) reviews, balanced in expectation."""
-    corpus = {}
-    for k, (split, size) in enumerate(zip(("train", "validation", "test"), sizes)):
-        rng = np.random.default_rng([seed, k])  # one generator a split, as make_ner_corpus
-        corpus[split] = [make_review(rng) for _ in range(size)]
-    return corpus
+    return _splits(seed, sizes, lambda rng, split: make_review(rng))
 
 
 def write_sentiment_corpus(seed: int, sizes: Sequence[int], directory: str) -> str:
     """Each split of make_sentiment_corpus as `directory`/{split}.jsonl ({"text", "label"} a line)."""
-    os.makedirs(directory, exist_ok=True)
-    for split, reviews in make_sentiment_corpus(seed, sizes).items():
-        with open(os.path.join(directory, f"{split}.jsonl"), "w", encoding="utf-8") as f:
-            f.write("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in reviews))
-    return directory
+    corpus = {split: [json.dumps({"text": text, "label": label}) for text, label in reviews]
+              for split, reviews in make_sentiment_corpus(seed, sizes).items()}
+    return _write_lines(corpus, directory, ".jsonl")
