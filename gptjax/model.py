@@ -23,6 +23,7 @@ from flax.nnx import spmd
 from gptjax import attention
 from gptjax.dropout import dropout
 from gptjax.errors import ConfigError
+from gptjax import sharding
 from gptjax.sharding import axes, constrain
 
 HEADS = ("token_classification", "sequence_classification", "causal_lm")
@@ -328,7 +329,7 @@ class Transformer(nnx.Module):
             body = jax.checkpoint(body, prevent_cse=False)
         # Unrolled, XLA schedules the recomputed blocks of remat early and keeps them all alive
         # (3x the temporaries of the rolled loop, tests/test_memory_plan.py): remat stays rolled.
-        unroll = cfg.unroll or (cfg.n_layer if jax.default_backend() == "cpu" and not cfg.remat else 1)
+        unroll = cfg.unroll or (cfg.n_layer if sharding.platform() == "cpu" and not cfg.remat else 1)
         if f := frozen_layers:
             frozen = jax.tree.map(lambda a: jax.lax.stop_gradient(a[:f]), layers)
             x, _ = jax.lax.scan(body, x, (frozen, None if keys is None else layer_keys[:f]), unroll=unroll)

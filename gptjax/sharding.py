@@ -138,6 +138,17 @@ def constrain(x, *logical):
     return jax.lax.with_sharding_constraint(x, P(*(RULES[name] if name else None for name in logical)))
 
 
+def platform() -> str:
+    """The platform a program is being built for: that of the mesh set with jax.set_mesh (which
+    may be a compile-only TPU or GPU, gptjax/bench/plan.py), else the default backend's. Decisions
+    that depend on the hardware read this, never jax.default_backend(), so that a plan compiles
+    the program training runs there."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    name = getattr(device, "platform", None) or jax.default_backend()
+    return "gpu" if name in ("cuda", "rocm") else name
+
+
 def under_mesh(mesh: Mesh, fn):
     """fn called with `mesh` set, so that the model's activation constraints (constrain) apply."""
 
