@@ -19,6 +19,9 @@
                  weights, no data), or with --benchmark=generate decoding at generate.batch_size,
                  prompt_length and max_new_tokens (benchmarks/generate.py times transformers'
                  generate beside it); writes WORKDIR/benchmark.json, appends records to --results
+               plan: compile the train, eval (and decoding) programs for --target, a TPU slice or GPU
+                 node that need not be attached (needs gptjax[plan]), and say whether and how they
+                 fit; writes WORKDIR/plan.json; exit status 3 when something does not fit
                eval, export, predict, generate take a trained --workdir or an export as --model_dir, need
                no --config and no training data, and write nothing into the run; overrides may
                change only how the model runs (dtype, attention, lengths, eval batch size, mesh)
@@ -95,9 +98,11 @@ def parse_args(argv):
     parser.add_argument("--version", action="version", version=f"gptjax {gptjax.__version__}")
     parser.add_argument("--help-config", action=_HelpConfig, nargs=0, help="list every config key with its default "
                                                                              "and meaning, and exit")
-    parser.add_argument("--mode", default="train", choices=("train", "eval", "export", "benchmark", "predict", "generate"))
+    parser.add_argument("--mode", default="train", choices=("train", "eval", "export", "benchmark", "predict", "generate", "plan"))
     parser.add_argument("--benchmark", default="train", choices=("train", "generate"),
                         help="benchmark: the train and eval steps, or decoding (generate.* shapes)")
+    parser.add_argument("--target", help="plan: the TPU slice or GPU node to compile for (e.g. v5e-8, h100x8); "
+                                         "--target=list names them all")
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
     parser.add_argument("--export_dir")
     parser.add_argument("--checkpoint", default="best", choices=("best", "latest"))
@@ -124,6 +129,8 @@ def parse_args(argv):
         for flag in ("config", "workdir"):
             if getattr(args, flag) is None:
                 parser.error(f"--{flag} is required for --mode={args.mode}")
+    if args.mode == "plan" and not args.target:
+        parser.error("--mode=plan needs --target (e.g. --target=v5e-8; --target=list names them all)")
     if args.benchmark_steps < 1 or args.benchmark_warmup < 0:
         parser.error(f"--benchmark_steps={args.benchmark_steps} --benchmark_warmup={args.benchmark_warmup}: "
                      "at least 1 timed step (the figures are their medians), and no negative warm-up")
@@ -174,6 +181,10 @@ def main(argv=None):
     if _compare(argv):
         return
     args, overrides = parse_args(argv)
+    if args.mode == "plan":
+        # The target's compiler runs on this host; without this the CUDA plugin would try to start
+        # a GPU here, and libtpu a TPU.
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("absl", "jax", "httpx", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -235,6 +246,12 @@ def _main(args, overrides):
                 from gptjax.bench.train_step import run
             run(config, args.workdir, config_name=args.config, results=args.results, steps=args.benchmark_steps,
                 warmup=args.benchmark_warmup)
+        elif args.mode == "plan":
+            from gptjax.bench import plan
+
+            status = plan.run(config, args.workdir, args.target, config_name=args.config, results=args.results)
+            if status:
+                sys.exit(status)
         elif args.mode == "eval":
             evaluate.run(source, args.split, args.checkpoint, overrides, args.input, args.output)
         elif args.mode == "export":

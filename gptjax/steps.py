@@ -216,25 +216,41 @@ def make_nll_step(graphdef, partition: Partition = FULL):
     return jax.jit(nll)
 
 
+def is_abstract(tree) -> bool:
+    return any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree))
+
+
+def place(tree, shardings):
+    """A pytree onto its shardings. Abstract leaves (jax.ShapeDtypeStruct: a plan's, for devices
+    that may be compile-only, gptjax/bench/plan.py) carry the sharding instead of moving, so the
+    steps below are built the same way for a real run and for its plan."""
+    if not is_abstract(tree):
+        return jax.device_put(tree, shardings)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
 def place_params(model, mesh):
     """(graphdef, parameters on the mesh): the model split into structure and arrays, each array
     sharded by its logical axes (sharding.RULES)."""
     graphdef, params = nnx.split(model)
-    return graphdef, jax.device_put(params, sharding.shardings_for(params, mesh))
+    return graphdef, place(params, sharding.shardings_for(params, mesh))
 
 
 def init_train_state(model, tx, mesh, partition: Partition = FULL) -> tuple[Any, TrainState, Any]:
     """(graphdef, state, frozen) on the mesh: the state holds the trainable parameters (all of
     them by default) and an optimizer state for them alone; `frozen` the rest. Every leaf is
     committed to its sharding, as the step's outputs will be, so the second call does not
-    compile the step again."""
+    compile the step again. An abstract model (model.abstract_model) gives an abstract state."""
     graphdef, params = place_params(model, mesh)
     trainable, frozen = partition.split(params)
     make = lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p))  # noqa: E731
     shardings = sharding.shardings_for(jax.eval_shape(make, trainable), mesh)
-    # Built inside jit straight into its shardings: the optimizer state is never whole on one device.
-    state = jax.jit(make, out_shardings=shardings)(trainable)
-    return graphdef, state, jax.device_put(frozen, sharding.shardings_for(frozen, mesh))
+    if is_abstract(trainable):
+        state = place(jax.eval_shape(make, trainable), shardings)
+    else:
+        # Built inside jit straight into its shardings: the optimizer state is never whole on one device.
+        state = jax.jit(make, out_shardings=shardings)(trainable)
+    return graphdef, state, place(frozen, sharding.shardings_for(frozen, mesh))
 
 
 def init_state(model, tx, mesh) -> tuple[Any, TrainState]:

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptjax.bench.records import accelerator, format_table, load_records
+from gptjax.bench.records import accelerator, format_table, framework_of, load_records
 from gptjax.errors import DataError
 
 # Bars a chart draws at most: past this the oldest groups are left out (the chart says how many),
@@ -25,7 +25,8 @@ MAX_BARS = 40
 LOG_RANGE = 10.0
 WIDTH_IN, DPI = 12.0, 110
 BAR_IN, PANEL_IN, MIN_HEIGHT_IN = 0.3, 1.1, 3.0
-FRAMEWORK_COLOURS = {"gptjax": "tab:blue", "pytorch-eager": "tab:orange", "pytorch-compile": "tab:green"}
+FRAMEWORK_COLOURS = {"gptjax": "tab:blue", "pytorch-eager": "tab:orange", "pytorch-compile": "tab:green",
+                     "gptjax (plan: estimate)": "lightsteelblue"}
 
 PANELS = {
     "train": "train tokens / s (median pipelined step)",
@@ -76,7 +77,9 @@ def group_records(records: list[dict]) -> list[Group]:
     """Records of one setting, software version and day together; sorted by panel, section, then bar."""
     groups: dict[tuple, Group] = {}
     for r in records:
-        panel, framework = panel_of(r), r.get("framework", "?")
+        if r.get("tokens_per_sec") is None:  # a plan with no estimate
+            continue
+        panel, framework = panel_of(r), framework_of(r)
         section = f"{r.get('model', r.get('config', '?'))}  on  {accelerator(r)}"
         shape = f"batch {r.get('batch_size')} x {r.get('seq_len')}"
         if panel == "decode" and r.get("prompt_length") is not None:

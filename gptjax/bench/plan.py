@@ -1,128 +1,346 @@
-"""How many bytes a fine-tuning run needs on each device, before running it.
+"""Plan mode: the run's programs compiled for a TPU or GPU that need not be attached, and what
+they need there.
 
-    python -m gptjax.bench memory --size gpt2-xl --batch 16 --length 512 --mesh data=1,fsdp=8,tensor=1 \
-        --dtype bfloat16 [--remat] [--check]
+    gptjax --config=ner --workdir=/tmp/plan --mode=plan --target=v5e-8
+    gptjax --config=ner --workdir=/tmp/plan --mode=plan --target=list
 
-Parameters, gradients, AdamW's two moments and its update are float32 and split as sharding.RULES splits
-them; computed from abstract shapes, nothing allocated. Activations kept for the backward pass
-follow Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
-eq. 2): per block s*b*h*(10 + 24/t + 5*a*s/(h*t)) bytes at 16 bits, scaled to the compute dtype,
-with b the rows per device, t the tensor axis, a the heads; with --remat only each block's input
-(2*s*b*h at 16 bits) is kept, plus one block's worth while it is recomputed. --check compiles the
-real train step on this machine's CPU and prints XLA's own memory analysis beside the plan.
+The programs are the ones training builds (steps.build_steps, on an abstract model: no weights,
+no data), lowered for the target's devices (bench/targets.py: JAX's compile-only topologies) and
+compiled by the target's own compiler (libtpu, the CUDA plugin). Everything that depends on the
+hardware (the layer loop's unroll, attention) is decided from the mesh the program is built for
+(sharding.platform), so the plan compiles what the target would run. Each program's memory,
+FLOPs, collectives and attention kernel are read back from the compiled executable
+(bench/compiled.py); a step time is estimated from them (a roofline, labelled as an estimate).
+When the train step does not fit, the levers (remat, FSDP, gradient accumulation) are compiled
+in turn and the first that fits is printed as --config overrides.
 """
 
 from __future__ import annotations
 
-import math
+import json
+import logging
+import time
+from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 from gptjax import sharding
-from gptjax.model import GPT2Config, abstract_model
+from gptjax.bench import compiled as analysis
+from gptjax.bench import records, targets
+from gptjax.bench.flops import forward_flops, train_flops
+from gptjax.bench.train_step import model_config_of, shapes
+from gptjax.errors import ConfigError, SetupError
 
+log = logging.getLogger("gptjax")
 GiB = 2**30
+DOES_NOT_FIT = 3  # the exit status when a program does not fit (errors exit 1, usage errors 2)
 
 
-def _shard_factor(spec, mesh_sizes: dict[str, int]) -> int:
-    return math.prod(mesh_sizes[a] for axis in spec if axis for a in (axis if isinstance(axis, tuple) else (axis,)))
+# ---------------------------------------------------------------------------------------------
+# Building the programs, abstractly
 
 
-def plan(config: GPT2Config, *, head: str, num_labels: int | None, batch: int, length: int,
-         mesh_sizes: dict[str, int]) -> dict[str, int]:
-    """Bytes per device of parameters, gradients, optimizer state and activations."""
+def abstract_model(config, model_config, head: str, num_labels):
+    """The model training builds (LoRA and freezing applied), with no arrays."""
     from flax import nnx
 
-    params = nnx.state(abstract_model(config, head, num_labels), nnx.Param)
-    specs = jax.tree.leaves(sharding.specs_for(params, mesh_sizes), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-    param_bytes = sum(
-        math.prod(leaf.shape) * leaf.dtype.itemsize // _shard_factor(spec, mesh_sizes)
-        for leaf, spec in zip(jax.tree.leaves(params), specs)
-    )
-    rows = batch // (mesh_sizes["data"] * mesh_sizes["fsdp"])
-    s, h, a, t, n = length, config.n_embd, config.n_head, mesh_sizes["tensor"], config.n_layer
-    scale = jax.numpy.dtype(config.dtype).itemsize / 2  # the formula counts 16-bit activations
-    per_block = s * rows * h * (10 + 24 / t + 5 * a * s / (h * t)) * scale
-    if config.remat:
-        kept = n * 2 * s * rows * h * scale + per_block
-    else:
-        kept = n * per_block
-    outputs = num_labels if head != "causal_lm" else config.vocab_size
-    logits = 2 * s * rows * outputs * 4  # float32 logits and their gradient
+    from gptjax import partition
+    from gptjax.model import init_model
+
+    return nnx.eval_shape(lambda: partition.adapt(init_model(model_config, head, num_labels), config))
+
+
+def batch_struct(mesh, rows: int, length: int, per_token: bool) -> dict:
+    split = sharding.batch_sharding(mesh)
+    ids = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=split)
+    labels = ids if per_token else jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=split)
+    return {"input_ids": ids, "attention_mask": ids, "labels": labels}
+
+
+def lower_steps(config, model_config, mesh) -> dict:
+    """{program name: (jax.stages.Lowered, the parameter and optimizer-state structs)} for the
+    train and eval steps, built by steps.build_steps as training builds them."""
+    from gptjax.steps import build_steps
+
+    s = shapes(config)
+    model = abstract_model(config, model_config, s["head"], s["num_labels"])
+    steps = build_steps(config, model, mesh, total_steps=1_000_000)  # the schedule's length does not change the step
+    train_batch = batch_struct(mesh, s["batch_size"], s["seq_len"], s["per_token"])
+    eval_batch = batch_struct(mesh, s["eval_batch_size"], s["seq_len"], s["per_token"])
+    evaluate = steps.nll_step if s["head"] == "causal_lm" else steps.predict_step
+    params = (steps.state.params, steps.frozen)
+    with jax.set_mesh(mesh):
+        return {
+            "train": (steps.train_step.lower(steps.state, train_batch, steps.frozen),
+                      {"parameters": params, "optimizer": steps.state.opt_state}),
+            "eval": (evaluate.lower(steps.state.params, eval_batch, steps.frozen), {"parameters": params}),
+        }
+
+
+def lower_decode(config, model_config, mesh):
+    """The decoding program (prefill and the decode loop, gptjax/decoding.py) at the generate.*
+    shapes, on an abstract Decoder."""
+    from flax import nnx
+
+    from gptjax import decoding, partition
+    from gptjax.lora import merge_lora
+    from gptjax.model import Decoder, init_model
+
+    g = config.generate
+    gen_config = model_config.replace(remat=False)
+    decoder = nnx.eval_shape(lambda: Decoder(merge_lora(partition.adapt(init_model(gen_config, "causal_lm"), config))))
+    graphdef, params = nnx.split(decoder)
+    from gptjax.steps import place
+
+    params = place(params, sharding.shardings_for(params, mesh))
+    rows, split, whole = g.batch_size, sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    new_tokens = decoding.bucket(g.max_new_tokens, decoding.Buckets().new_tokens)
+    prompt = jax.ShapeDtypeStruct((rows, g.prompt_length), jnp.int32, sharding=split)
+    row = {name: jax.ShapeDtypeStruct((rows,), dtype, sharding=split) for name, dtype in
+           (("max_new", jnp.int32), ("seed", jnp.uint32), ("temperature", jnp.float32), ("top_k", jnp.int32),
+            ("top_p", jnp.float32))}
+    shared = {"eos_id": jax.ShapeDtypeStruct((), jnp.int32, sharding=whole),
+              "pad_id": jax.ShapeDtypeStruct((), jnp.int32, sharding=whole),
+              "stop_table": jax.ShapeDtypeStruct((model_config.vocab_size,), jnp.bool_, sharding=whole),
+              "stop_seqs": jax.ShapeDtypeStruct((decoding.MAX_STOP_SEQS, decoding.MAX_STOP_LEN), jnp.int32,
+                                                sharding=whole)}
+    with jax.set_mesh(mesh):
+        return (decoding._program(graphdef).lower(params, prompt, prompt, row, shared, new_tokens=new_tokens),
+                {"parameters": params})
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading them
+
+
+def compile_program(lowered):
+    """(the compiled program, seconds, None) or (None, seconds, the compiler's refusal): a
+    program over the device's memory is refused by some compilers (TPU's) rather than compiled."""
+    start = time.perf_counter()
+    try:
+        return lowered.compile(), time.perf_counter() - start, None
+    except Exception as e:  # noqa: BLE001 - XlaRuntimeError's class moved between jax releases
+        message = str(e).strip().splitlines()
+        return None, time.perf_counter() - start, next((line for line in message if line.strip()), type(e).__name__)
+
+
+def loop_free_cost(config, model_config, mesh, program: str) -> dict | None:
+    """The compiler's FLOPs and bytes of a train or eval step of all n_layer blocks. A rolled layer
+    loop is counted once by XLA's cost analysis, so the same step is compiled with 1 and with 2
+    blocks, both unrolled, and extrapolated: cost(L) = cost(1) + (L - 1) * (cost(2) - cost(1))."""
+    costs = []
+    for n in (1, 2):
+        small = model_config.replace(n_layer=n, unroll=n)
+        try:
+            lowered = lower_steps(config, small, mesh)[program][0]
+            costs.append(analysis.cost(lowered.compile()))
+        except Exception:  # noqa: BLE001 - a target whose compiler counts nothing
+            return None
+    if any(c is None or c.get("flops") is None for c in costs):
+        return None
+    layers = model_config.n_layer
+    return {key: costs[0][key] + (layers - 1) * (costs[1][key] - costs[0][key]) for key in costs[0]
+            if costs[0].get(key) is not None and costs[1].get(key) is not None}
+
+
+def program_record(name: str, lowered, structs: dict, target, *, cost=None) -> dict:
+    """What one program needs on each device of the target, and how long it might take."""
+    program, seconds, refusal = compile_program(lowered)
+    record = {"program": name, "compile_time_s": round(seconds, 2)}
+    kinds = {kind: analysis.per_device_bytes(tree) for kind, tree in structs.items()}
+    if program is None:
+        record.update(fits=False, refusal=refusal, memory_bytes={**kinds})
+        return record
+    memory = analysis.memory(program)
+    record["memory_bytes"] = {**kinds, "temporaries": memory["temporaries"], "total": memory["total"]}
+    record["fits"] = memory["total"] <= target.memory_bytes
+    record["headroom_bytes"] = target.memory_bytes - memory["total"]
+    record["collectives"] = analysis.collectives(program)
+    record["attention"] = analysis.attention_kernel(program)
+    cost = cost or analysis.cost(program)
+    if cost and cost.get("flops") is not None:
+        record["compiled_flops"] = cost["flops"]
+        link = target.host_link_bandwidth if target.num_hosts > 1 else target.link_bandwidth
+        record["estimate"] = analysis.roofline(
+            cost["flops"], cost.get("bytes_accessed") or 0.0,
+            sum(c["bytes"] for c in record["collectives"].values()),
+            peak_flops=target.peak_flops, memory_bandwidth=target.memory_bandwidth, link_bandwidth=link)
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan of a config
+
+
+def mesh_for(config, target):
+    return sharding.make_mesh(config.mesh, targets.devices(target))
+
+
+def plan_config(config, target, *, programs=("train", "eval", "decode"), count_flops: bool = True) -> dict:
+    """The plan of one config on one target: a record per program."""
+    from gptjax.steps import check_batch_sizes
+
+    mc = model_config_of(config)
+    mesh = mesh_for(config, target)
+    check_batch_sizes(config, mesh)
+    s = shapes(config)
+    lowered = lower_steps(config, mc, mesh)
+    out = []
+    for name in programs:
+        if name == "decode":
+            if s["head"] != "causal_lm":
+                continue
+            low, structs = lower_decode(config, mc, mesh)
+            out.append(program_record(name, low, structs, target))
+            continue
+        low, structs = lowered[name]
+        rolled = (mc.unroll or 0) < mc.n_layer and not _unrolled_on(target, mc)
+        cost = loop_free_cost(config, mc, mesh, name) if count_flops and rolled else None
+        record = program_record(name, low, structs, target, cost=cost)
+        rows = s["batch_size"] if name == "train" else s["eval_batch_size"]
+        count = train_flops if name == "train" else forward_flops
+        record["model_flops"] = count(mc, s["head"], s["num_labels"], rows, s["seq_len"])
+        if "estimate" in record:
+            step = record["estimate"]["estimated_step_s"]
+            record["estimate"]["estimated_tokens_per_sec"] = rows * s["seq_len"] / step if step else None
+        out.append(record)
+    return {"target": target.name, "device_kind": target.device_kind, "num_devices": target.num_devices,
+            "num_hosts": target.num_hosts, "device_memory_bytes": target.memory_bytes,
+            "mesh": dict(zip(sharding.AXES, mesh.devices.shape)), "model": config.model.name_or_path or "gpt2",
+            "dtype": mc.dtype, "remat": mc.remat, "batch_size": s["batch_size"], "seq_len": s["seq_len"],
+            "grad_accum_steps": config.train.grad_accum_steps, "programs": out,
+            "fits": all(p["fits"] for p in out)}
+
+
+def _unrolled_on(target, mc) -> bool:
+    """Whether the layer loop is fully unrolled on the target (model.py decides: a CPU without remat)."""
+    return target.platform == "cpu" and not mc.remat
+
+
+# ---------------------------------------------------------------------------------------------
+# When it does not fit
+
+
+def levers(config) -> list[dict[str, str]]:
+    """Overrides to try in order, each adding to the one before: recompute activations, split the
+    parameters and optimizer state over every device (FSDP), then halve the rows a device takes at
+    once, with gradient accumulation keeping the global batch."""
+    tried, out = {}, []
+    if not config.model.remat:
+        tried["model.remat"] = "true"
+        out.append(dict(tried))
+    if config.mesh.fsdp != -1 and config.mesh.data != 1:
+        tried.update({"mesh.data": "1", "mesh.fsdp": "-1"})
+        out.append(dict(tried))
+    accum, batch = config.train.grad_accum_steps, config.train.batch_size
+    while batch % (accum * 2) == 0 and accum * 2 <= batch:
+        accum *= 2
+        out.append({**tried, "train.grad_accum_steps": str(accum)})
+    return out
+
+
+def find_fit(config, target, config_name) -> dict[str, str] | None:
+    """The first lever (levers()) whose train step fits, or None."""
+    from gptjax.config import apply_overrides, validate
+
+    for overrides in levers(config):
+        try:
+            candidate = validate(apply_overrides(config.copy_and_resolve_references(), overrides))
+            plan = plan_config(candidate, target, programs=("train",), count_flops=False)
+        except ConfigError as e:
+            log.info("  %s: %s", _flags(overrides), e)
+            continue
+        log.info("  %s: %s", _flags(overrides), "fits" if plan["fits"] else "does not fit")
+        if plan["fits"]:
+            return overrides
+    return None
+
+
+def _flags(overrides: dict[str, str]) -> str:
+    return " ".join(f"--config.{k}={v}" for k, v in overrides.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# The mode
+
+
+def format_plan(plan: dict) -> str:
+    """The plan as a person reads it: a table of programs, then the collectives."""
+    lines = [f"plan for {plan['target']} ({plan['num_devices']}x {plan['device_kind']}, {plan['num_hosts']} host(s), "
+             f"{plan['device_memory_bytes'] / GiB:.1f} GiB a device), mesh {plan['mesh']}, {plan['model']}, "
+             f"{plan['dtype']}, remat {plan['remat']}, batch {plan['batch_size']} x {plan['seq_len']}:"]
+    header = ("program", "fits", "params GiB", "optimizer GiB", "temps GiB", "total GiB", "headroom GiB",
+              "TFLOP/step", "attention", "compile s", "est. step ms", "est. tokens/s")
+    rows = []
+    for p in plan["programs"]:
+        m, e = p.get("memory_bytes", {}), p.get("estimate", {})
+        gib = lambda key, m=m: "-" if m.get(key) is None else f"{m[key] / GiB:.2f}"  # noqa: E731
+        rows.append((p["program"], "yes" if p["fits"] else "NO", gib("parameters"), gib("optimizer"),
+                     gib("temporaries"), gib("total"),
+                     "-" if "headroom_bytes" not in p else f"{p['headroom_bytes'] / GiB:.2f}",
+                     "-" if p.get("compiled_flops") is None else f"{p['compiled_flops'] / 1e12:.2f}",
+                     p.get("attention", "-"), f"{p['compile_time_s']:.1f}",
+                     "-" if not e else f"{1e3 * e['estimated_step_s']:.1f}",
+                     "-" if not e.get("estimated_tokens_per_sec") else f"{e['estimated_tokens_per_sec']:.0f}"))
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines += ["  " + "  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in (header, *rows)]
+    for p in plan["programs"]:
+        if p.get("refusal"):
+            lines.append(f"  {p['program']}: the compiler refused it: {p['refusal']}")
+        if p.get("collectives"):
+            parts = ", ".join(f"{n} {kind} ({c['bytes'] / 2**20:.1f} MiB)" for kind, c in p["collectives"].items()
+                              for n in [c["count"]])
+            lines.append(f"  {p['program']} collectives a step, a device: {parts}")
+    lines.append("  est.: a roofline estimate (FLOPs over peak, bytes over bandwidth, collectives over the link), "
+                 "not a measurement")
+    return "\n".join(lines)
+
+
+def plan_record(plan: dict, config_name: str) -> dict:
+    """The train program's plan as a benchmark record (bench/records.py), marked as an estimate, so
+    that `compare` shows it beside measured records of the same config and hardware."""
+    train = next(p for p in plan["programs"] if p["program"] == "train")
+    e = train.get("estimate", {})
     return {
-        "params": param_bytes,
-        "gradients": param_bytes,
-        "optimizer": 2 * param_bytes,  # AdamW's first and second moments
-        "update": param_bytes,  # the optimizer's update, live while it is applied
-        "activations": int(kept + logits),
+        "framework": "gptjax", "estimate": True, "config": config_name, "model": plan["model"],
+        "batch_size": plan["batch_size"], "seq_len": plan["seq_len"], "dtype": plan["dtype"],
+        "remat": plan["remat"], "grad_accum_steps": plan["grad_accum_steps"], "target": plan["target"],
+        "device_kind": plan["device_kind"], "num_devices": plan["num_devices"], "mesh": plan["mesh"],
+        "platform": targets.get(plan["target"]).platform, "fits": train["fits"],
+        "attention": train.get("attention"), "compile_time_s": train["compile_time_s"],
+        "peak_memory_bytes": train.get("memory_bytes", {}).get("total"),
+        "memory_source": "XLA's memory analysis of the train step compiled for the target (plan mode)",
+        "step_time_ms": None if not e else 1e3 * e["estimated_step_s"],
+        "tokens_per_sec": e.get("estimated_tokens_per_sec"), "mfu": None,
+        "flops_per_step": train.get("model_flops"), "compiled_flops": train.get("compiled_flops"),
+        "versions": records.versions(),
     }
 
 
-def xla_memory(config: GPT2Config, *, head: str, num_labels: int | None, batch: int, length: int) -> dict[str, int]:
-    """XLA's memory analysis of the real compiled train step on one local device."""
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from gptjax.config import base_config
-    from gptjax.steps import TrainState, make_optimizer, make_train_step
-
-    # Abstract shapes throughout: build_steps would allocate the model; the step is the same one.
-    model = abstract_model(config, head, num_labels)
-    graphdef, params = nnx.split(model)
-    tx, _ = make_optimizer(base_config().train, 10)
-    state = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)), params)
-    labels_shape = (batch,) if head == "sequence_classification" else (batch, length)
-    batch_shapes = {
-        "input_ids": jax.ShapeDtypeStruct((batch, length), jnp.int32),
-        "attention_mask": jax.ShapeDtypeStruct((batch, length), jnp.int32),
-        "labels": jax.ShapeDtypeStruct(labels_shape, jnp.int32),
-    }
-    compiled = make_train_step(graphdef, tx, seed=0).lower(state, batch_shapes).compile()
-    analysis = compiled.memory_analysis()
-    return {"arguments": analysis.argument_size_in_bytes, "temporaries": analysis.temp_size_in_bytes,
-            "outputs": analysis.output_size_in_bytes}
-
-
-def parse_mesh(text: str) -> dict[str, int]:
-    sizes = {"data": 1, "fsdp": 1, "tensor": 1}
-    for item in filter(None, text.split(",")):
-        key, value = item.split("=")
-        if key not in sizes:
-            raise SystemExit(f"--mesh: unknown axis {key!r}; axes are data, fsdp, tensor")
-        sizes[key] = int(value)
-    return sizes
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--size", default="gpt2")
-    parser.add_argument("--head", default="token_classification")
-    parser.add_argument("--num_labels", type=int, default=9)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=512)
-    parser.add_argument("--mesh", default="data=1,fsdp=1,tensor=1")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--remat", action="store_true")
-    parser.add_argument("--check", action="store_true", help="also compile the step here and print XLA's analysis")
-
-
-def memory(args) -> None:
-    """`python -m gptjax.bench memory`: prints the plan (and, with --check, XLA's analysis)."""
-    mesh_sizes = parse_mesh(args.mesh)
-    config = GPT2Config.named(args.size, dtype=args.dtype, remat=args.remat)
-    num_labels = None if args.head == "causal_lm" else args.num_labels
-    bytes_ = plan(config, head=args.head, num_labels=num_labels, batch=args.batch, length=args.length, mesh_sizes=mesh_sizes)
-    total = sum(bytes_.values())
-    print(f"{args.size}, {args.head}, batch {args.batch} x {args.length}, {args.dtype}, mesh {mesh_sizes}, "
-          f"remat {args.remat}: per device")
-    for name, value in bytes_.items():
-        print(f"  {name:<12} {value / GiB:8.2f} GiB")
-    print(f"  {'total':<12} {total / GiB:8.2f} GiB")
-    if args.check:
-        if math.prod(mesh_sizes.values()) != 1:
-            raise SystemExit("--check compiles on one CPU device: use --mesh data=1,fsdp=1,tensor=1")
-        xla = xla_memory(config, head=args.head, num_labels=num_labels, batch=args.batch, length=args.length)
-        print(f"XLA (this CPU): arguments {xla['arguments'] / GiB:.2f} GiB (plan: parameters + optimizer "
-              f"{(bytes_['params'] + bytes_['optimizer']) / GiB:.2f}), temporaries {xla['temporaries'] / GiB:.2f} GiB "
-              f"(plan: gradients + update + activations "
-              f"{(bytes_['gradients'] + bytes_['update'] + bytes_['activations']) / GiB:.2f})")
+def run(config, workdir, target_name: str, *, config_name: str = "", results: str | None = None) -> int:
+    """--mode=plan: prints the plan, writes WORKDIR/plan.json (and a record to `results`); returns
+    the exit status: 0 when every program fits, DOES_NOT_FIT when one does not."""
+    if target_name == "list":
+        print(targets.listing())
+        return 0
+    target = targets.get(target_name)
+    if (advice := targets.compiler_missing(target)) is not None:
+        raise SetupError(f"--target={target.name} needs its compiler, which is not installed: {advice}")
+    log.info("compiling the programs for %s (%d devices; no device is used) ...", target.name, target.num_devices)
+    plan = plan_config(config, target)
+    print(format_plan(plan))
+    if not plan["fits"]:
+        log.info("the train step does not fit on %s: trying the levers in turn ...", target.name)
+        found = find_fit(config, target, config_name)
+        plan["suggested_overrides"] = found
+        if found:
+            print(f"fits with: {_flags(found)}")
+        else:
+            print(f"nothing tried fits on {target.name}: a smaller model, a shorter data.max_length, or more devices")
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    (Path(workdir) / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    record = records.finish(plan_record(plan, config_name), None, results)
+    del record
+    return 0 if plan["fits"] else DOES_NOT_FIT
 

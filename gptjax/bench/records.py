@@ -56,6 +56,8 @@ RECORD_FIELDS = {
     "compilations_after_warmup": "XLA compilations while the timed steps ran (0: nothing recompiled)",
     "eval": "the eval step (predict) on eval_batch_size rows: compile_time_s, step_time_ms, tokens_per_sec",
     "timestamp": "UTC, when the record was written",
+    "estimate": "true for plan mode's records (bench/plan.py): tokens_per_sec and step_time_ms are a roofline "
+                "estimate from the program compiled for a target, never a measurement",
 }
 
 
@@ -118,11 +120,16 @@ def host_cpu() -> str:
     return f"{name}, {os.cpu_count()} cores"
 
 
-def environment(mesh) -> dict:
+def versions() -> dict:
     import flax
     import jaxlib
     import optax
 
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+            "optax": optax.__version__, "python": platform.python_version()}
+
+
+def environment(mesh) -> dict:
     device = mesh.devices.flat[0]
     return {
         "device_kind": device.device_kind,
@@ -130,8 +137,7 @@ def environment(mesh) -> dict:
         "platform": device.platform,
         "mesh": {str(k): int(v) for k, v in mesh.shape.items()},
         "host_cpu": host_cpu(),
-        "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-                     "optax": optax.__version__, "python": platform.python_version()},
+        "versions": versions(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "malloc": malloc.setting(),
@@ -160,6 +166,11 @@ def accelerator(r: dict) -> str:
     return f"{r.get('num_devices', 1)}x {kind}"
 
 
+def framework_of(r: dict) -> str:
+    """The framework, and for a plan's record that its figures are estimates."""
+    return r.get("framework", "?") + (" (plan: estimate)" if r.get("estimate") else "")
+
+
 def format_table(records: list[dict]) -> str:
     """One row a record: accelerator, framework, config, shape, tokens/s, MFU, step time, memory."""
     header = ("accelerator", "framework", "config", "batch x len", "dtype", "tokens/s", "MFU",
@@ -168,11 +179,13 @@ def format_table(records: list[dict]) -> str:
     for r in records:
         mem = r.get("peak_memory_bytes")
         mfu = r.get("mfu")
+        est = "~" if r.get("estimate") else ""  # a plan's roofline, not a measurement
+        number = lambda x: "-" if x is None else f"{est}{x:.0f}"  # noqa: E731
         rows.append((
-            accelerator(r), r.get("framework", "?"), r.get("config", ""),
+            accelerator(r), framework_of(r), r.get("config", ""),
             f"{r.get('batch_size')} x {r.get('seq_len')}", r.get("dtype", ""),
-            f"{r['tokens_per_sec']:.0f}", "-" if mfu is None else f"{100 * mfu:.1f}%",
-            f"{r['step_time_ms']:.0f}", "-" if r.get("compile_time_s") is None else f"{r['compile_time_s']:.1f}",
+            number(r.get("tokens_per_sec")), "-" if mfu is None else f"{100 * mfu:.1f}%",
+            number(r.get("step_time_ms")), "-" if r.get("compile_time_s") is None else f"{r['compile_time_s']:.1f}",
             "-" if mem is None else f"{mem / 2**30:.2f}",
         ))
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
