@@ -198,3 +198,11 @@ def test_tpu_memory_is_what_libtpu_says_is_available(name):
         jax.jit(lambda a: a * 2 + jnp.sin(a)).lower(huge).compile()
     available = float(re.search(r"available HBM \(([\d.]+)G\)", str(error.value)).group(1))
     assert available == round(t.memory_bytes / GiB, 2)
+
+
+@pytest.mark.parametrize("gpu, fp32_tflops", [("a100", 19.5), ("h100", 67), ("h200", 67)])
+def test_gpu_figures_agree_with_the_data_sheets_fp32_peak(gpu, fp32_tflops):
+    """SMs x FP32 cores x 2 FLOPs x boost clock, from the whitepapers, is the data sheet's FP32 peak."""
+    model = targets.GPU_MODELS[gpu]
+    derived = model.sm_count * model.fp32_cores_per_sm * 2 * model.boost_clock_ghz * 1e9
+    assert derived == pytest.approx(fp32_tflops * 1e12, rel=0.01)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import math
 import os
 import re
 
@@ -123,20 +124,13 @@ TPU_SLICES = {
 }
 
 
-def _product(numbers) -> int:
-    out = 1
-    for n in numbers:
-        out *= n
-    return out
-
-
 def _tpu_target(name: str) -> Target:
     chip_name, shape, host = TPU_SLICES[name]
     chip = TPU_CHIPS[chip_name]
-    chips = _product(int(n) for n in shape.split("x"))
+    chips = math.prod(int(n) for n in shape.split("x"))
     return Target(
         name=name, platform="tpu", device_kind=chip.device_kind, num_devices=chips,
-        num_hosts=max(1, chips // _product(host)), memory_bytes=chip.memory_bytes,
+        num_hosts=max(1, chips // math.prod(host)), memory_bytes=chip.memory_bytes,
         peak_flops=datasheet_peak(chip.device_kind)[0], memory_bandwidth=chip.memory_bandwidth,
         link_bandwidth=chip.ici_bandwidth, host_link_bandwidth=chip.ici_bandwidth,
         sources=(f"peak: {datasheet_peak(chip.device_kind)[1]}", *chip.sources,
@@ -160,7 +154,9 @@ class GpuModel:
 
 # SM count, boost clock, FP32 cores per SM and L2: NVIDIA's architecture whitepapers (A100:
 # "NVIDIA A100 Tensor Core GPU Architecture"; H100 and H200, the same GH100 die: "NVIDIA H100
-# Tensor Core GPU Architecture", H100 SXM5 column). Memory, bandwidth and NVLink: the data sheets.
+# Tensor Core GPU Architecture", H100 SXM5 column, with the 1.98 GHz boost of NVIDIA's final H100
+# SXM5 specifications). SMs x cores x 2 x clock gives the data sheets' FP32 peak (19.5 and 67
+# TFLOPS), which the tests check. Memory, bandwidth and NVLink: the data sheets.
 # Between hosts: the DGX A100 / H100 / H200 data sheets' one compute-fabric InfiniBand port per
 # GPU (200 and 400 Gb/s), counted both ways like NVLink.
 GPU_MODELS = {
@@ -171,7 +167,8 @@ GPU_MODELS = {
                          "between hosts: DGX A100 data sheet, one 200 Gb/s InfiniBand port per GPU")),
     "h100": GpuModel("NVIDIA H100 80GB HBM3", (9, 0), 132, 1.98, 128, 50 * 2**20, 80 * GB, 3350 * GB, 900 * GB,
                      2 * 400e9 / 8, (
-                         "SMs 132, boost 1980 MHz, 128 FP32 cores/SM, L2 50 MB: NVIDIA H100 architecture whitepaper (SXM5)",
+                         "SMs 132, 128 FP32 cores/SM, L2 50 MB: NVIDIA H100 architecture whitepaper (SXM5); boost 1980 MHz: "
+                         "NVIDIA's H100 SXM5 specifications",
                          "memory 80 GB, 3.35 TB/s, NVLink 900 GB/s: NVIDIA H100 data sheet (SXM)",
                          "between hosts: DGX H100 data sheet, one 400 Gb/s InfiniBand port per GPU")),
     "h200": GpuModel("NVIDIA H200", (9, 0), 132, 1.98, 128, 50 * 2**20, 141 * GB, 4800 * GB, 900 * GB,
