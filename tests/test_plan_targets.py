@@ -206,3 +206,21 @@ def test_gpu_figures_agree_with_the_data_sheets_fp32_peak(gpu, fp32_tflops):
     model = targets.GPU_MODELS[gpu]
     derived = model.sm_count * model.fp32_cores_per_sm * 2 * model.boost_clock_ghz * 1e9
     assert derived == pytest.approx(fp32_tflops * 1e12, rel=0.01)
+
+
+def test_a_cuda_plugin_that_did_not_start_says_to_set_jax_platforms(monkeypatch):
+    """Without JAX_PLATFORMS=cpu the plugin looks for a GPU's CUDA libraries, fails, and has no topology."""
+    from jax.experimental import topologies
+
+    def not_registered(**kwargs):
+        raise NotImplementedError("topology not implemented for cuda")
+
+    t = targets.get("h100x8")
+    needs_compiler(t)
+    monkeypatch.setattr(topologies, "get_topology_desc", not_registered)
+    targets._devices.cache_clear()
+    try:
+        with pytest.raises(SetupError, match=r"^--target=h100x8: .*run with JAX_PLATFORMS=cpu"):
+            targets.devices(t)
+    finally:
+        targets._devices.cache_clear()

@@ -384,6 +384,13 @@ def _devices(name: str) -> tuple:
             chips_per_host_bounds=host, num_slices=1)
     else:
         per_host = target.num_devices // target.num_hosts
-        topology = topologies.get_topology_desc(
-            platform="cuda", target_config=gpu_target_config(target), topology=f"1x{target.num_hosts}x{per_host}")
+        try:
+            topology = topologies.get_topology_desc(
+                platform="cuda", target_config=gpu_target_config(target),
+                topology=f"1x{target.num_hosts}x{per_host}")
+        except NotImplementedError as e:
+            # Unless JAX_PLATFORMS leaves CUDA out, the plugin first checks the CUDA libraries of a
+            # GPU this machine does not have, fails, and never registers its compile-only topologies.
+            raise SetupError(f"--target={name}: jax's CUDA plugin did not start ({e}): run with "
+                             "JAX_PLATFORMS=cpu to compile for a GPU that is not attached") from None
     return tuple(topology.devices)
