@@ -127,17 +127,21 @@ def test_cudnn_version_follows_the_plugin_wheel(monkeypatch):
     assert targets.plugin_cudnn_version() == targets.PLUGIN_CUDNN
 
 
-def test_a_missing_compiler_says_what_to_install(monkeypatch):
+@pytest.fixture
+def uncached_devices():
+    """devices() keeps each target's devices: a test that breaks how they are made must not see or leave them."""
+    targets._devices.cache_clear()
+    yield
+    targets._devices.cache_clear()
+
+
+def test_a_missing_compiler_says_what_to_install(monkeypatch, uncached_devices):
     monkeypatch.setattr(targets, "_importable", lambda module: False)
     tpu, gpu = targets.get("v5e-8"), targets.get("h100")
     assert targets.compiler_missing(tpu).startswith("pip install 'gptjax[plan]' (Python >= 3.12): brings libtpu")
     assert "CUDA plugin" in targets.compiler_missing(gpu)
-    targets._devices.cache_clear()
-    try:
-        with pytest.raises(SetupError, match=r"--target=h100: .*pip install 'gptjax\[plan\]'"):
-            targets.devices(gpu)
-    finally:
-        targets._devices.cache_clear()
+    with pytest.raises(SetupError, match=r"--target=h100: .*pip install 'gptjax\[plan\]'"):
+        targets.devices(gpu)
 
 
 @pytest.mark.parametrize("name", TPU_COUNTS)
@@ -208,7 +212,7 @@ def test_gpu_figures_agree_with_the_data_sheets_fp32_peak(gpu, fp32_tflops):
     assert derived == pytest.approx(fp32_tflops * 1e12, rel=0.01)
 
 
-def test_a_cuda_plugin_that_did_not_start_says_to_set_jax_platforms(monkeypatch):
+def test_a_cuda_plugin_that_did_not_start_says_to_set_jax_platforms(monkeypatch, uncached_devices):
     """Without JAX_PLATFORMS=cpu the plugin looks for a GPU's CUDA libraries, fails, and has no topology."""
     from jax.experimental import topologies
 
@@ -218,9 +222,5 @@ def test_a_cuda_plugin_that_did_not_start_says_to_set_jax_platforms(monkeypatch)
     t = targets.get("h100x8")
     needs_compiler(t)
     monkeypatch.setattr(topologies, "get_topology_desc", not_registered)
-    targets._devices.cache_clear()
-    try:
-        with pytest.raises(SetupError, match=r"^--target=h100x8: .*run with JAX_PLATFORMS=cpu"):
-            targets.devices(t)
-    finally:
-        targets._devices.cache_clear()
+    with pytest.raises(SetupError, match=r"^--target=h100x8: .*run with JAX_PLATFORMS=cpu"):
+        targets.devices(t)
