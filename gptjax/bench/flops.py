@@ -9,6 +9,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+# The data sheets' peaks live with the other per-device figures, in the plan's targets table.
+from gptjax.bench.targets import datasheet_peak
+
 
 def forward_flops(model_config, head: str, num_labels: int, batch: int, length: int) -> int:
     """Model FLOPs of one forward pass: the matmuls that run, 2 FLOPs per multiply-add.
@@ -45,42 +48,6 @@ def train_flops(model_config, head: str, num_labels: int, batch: int, length: in
     """Model FLOPs of one train step: forward, plus a backward of twice the forward (the
     gradients with respect to both the activations and the weights of each matmul)."""
     return 3 * forward_flops(model_config, head, num_labels, batch, length)
-
-
-# Dense (not 2:4 sparse) bf16 matrix peak per device, from the vendors' data sheets. NVIDIA's
-# sheets print the sparse figure with a footnote; dense is half of it. Matched against
-# jax's device_kind (lower case), first match wins, so the longer names come first.
-PEAK_BF16_FLOPS = [
-    # NVIDIA H200 data sheet, "BF16 Tensor Core": H200 SXM 1,979 TFLOPS, H200 NVL 1,671 (sparse).
-    # https://www.nvidia.com/en-us/data-center/h200/
-    ("h200 nvl", 835.5e12, "NVIDIA H200 NVL data sheet (1,671 TFLOPS sparse / 2)"),
-    ("h200", 989.5e12, "NVIDIA H200 SXM data sheet (1,979 TFLOPS sparse / 2)"),
-    # NVIDIA H100 data sheet, "BF16 Tensor Core": SXM 1,979, PCIe 1,513, NVL 1,671 TFLOPS (sparse).
-    # https://www.nvidia.com/en-us/data-center/h100/
-    ("h100 pcie", 756.5e12, "NVIDIA H100 PCIe data sheet (1,513 TFLOPS sparse / 2)"),
-    ("h100 nvl", 835.5e12, "NVIDIA H100 NVL data sheet (1,671 TFLOPS sparse / 2)"),
-    ("h100", 989.5e12, "NVIDIA H100 SXM data sheet (1,979 TFLOPS sparse / 2)"),
-    # NVIDIA A100 data sheet, "BF16 Tensor Core": 312 TFLOPS (624 sparse), SXM and PCIe alike.
-    # https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf
-    ("a100", 312e12, "NVIDIA A100 data sheet (312 TFLOPS dense)"),
-    # Google Cloud TPU system architecture pages, "Peak compute per chip (bf16)".
-    # https://cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e
-    ("tpu v4", 275e12, "Cloud TPU v4 docs (275 TFLOPS bf16 per chip)"),
-    ("tpu v5 lite", 197e12, "Cloud TPU v5e docs (197 TFLOPS bf16 per chip)"),
-    ("tpu v5e", 197e12, "Cloud TPU v5e docs (197 TFLOPS bf16 per chip)"),
-    ("tpu v5p", 459e12, "Cloud TPU v5p docs (459 TFLOPS bf16 per chip)"),
-    ("tpu v5", 459e12, "Cloud TPU v5p docs (459 TFLOPS bf16 per chip)"),  # v5p's device_kind is "TPU v5"
-    ("tpu v6 lite", 918e12, "Cloud TPU v6e docs (918 TFLOPS bf16 per chip)"),
-    ("tpu v6e", 918e12, "Cloud TPU v6e docs (918 TFLOPS bf16 per chip)"),
-]
-
-
-def datasheet_peak(device_kind: str) -> tuple[float, str] | None:
-    kind = device_kind.lower()
-    for name, flops, source in PEAK_BF16_FLOPS:
-        if name in kind:
-            return flops, source
-    return None
 
 
 PROBE_SIZE = 2048
