@@ -288,3 +288,94 @@ def test_roofline_is_the_larger_of_compute_and_memory_plus_collectives():
     memory_bound = cp.roofline(1e9, 4e10, 0, peak_flops=1e15, memory_bandwidth=1e12, link_bandwidth=1e11)
     assert memory_bound["bound"] == "memory" and memory_bound["estimated_step_s"] == pytest.approx(0.04)
     assert all(k.startswith("estimated_") for k in got if k.endswith("_s"))
+
+
+# ---------------------------------------------------------------- compile-only TPU and GPU
+
+GPU_TARGET = """gpu_device_info { threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132 fpus_per_core: 128
+block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535 memory_bandwidth: 3350000000000
+l2_cache_size: 52428800 clock_rate_ghz: 1.98 device_memory_size: 85520809984 shared_memory_per_block_optin: 232448
+cuda_compute_capability { major: 9 } registers_per_core_limit: 65536 registers_per_block_limit: 65536 }
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 10 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
+
+DEVICES = {
+    "tpu": 'topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu", chip_config_name="default", '
+           'chips_per_host_bounds=(2, 2, 1), num_slices=1).devices',
+    "gpu": f'topologies.get_topology_desc(platform="cuda", target_config={GPU_TARGET!r}, topology="1x1x4").devices',
+}
+
+COMPILE_ONLY = """
+import json, jax, jax.numpy as jnp, numpy as np
+from jax.experimental import topologies
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from gptjax.bench import compiled as cp
+mesh = Mesh(np.array(DEVICES).reshape(4), ("data",))
+def S(shape, spec, dtype=jnp.float32):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
+def loss(w, x):
+    return jnp.sum(jnp.tanh(x @ w))
+def attention(implementation):
+    return jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation))
+out = {}
+with jax.set_mesh(mesh):
+    matmul = jax.jit(lambda a, b: a @ b).lower(S((512, 256), P("data")), S((256, 384), P())).compile()
+    out["cost"], out["memory"] = cp.cost(matmul), cp.memory(matmul)
+    data = jax.jit(jax.grad(loss)).lower(S((256, 128), P()), S((64, 256), P("data"))).compile()
+    fsdp = jax.jit(jax.grad(loss)).lower(S((256, 128), P("data")), S((64, 256), P("data"))).compile()
+    out["data"], out["fsdp"] = cp.collectives(data), cp.collectives(fsdp)
+    q = S((4, 256, 4, 64), P("data"), jnp.bfloat16)
+    out["xla_attention"] = cp.attention_kernel(attention("xla").lower(q, q, q).compile())
+if PLATFORM == "gpu":
+    one = Mesh(np.array(DEVICES)[:1], ("data",))  # sharded, cuDNN's call hides behind custom partitioning until compiled
+    q = jax.ShapeDtypeStruct((1, 256, 4, 64), jnp.bfloat16, sharding=NamedSharding(one, P()))
+    with jax.set_mesh(one):
+        try:
+            out["cudnn_attention"] = cp.attention_kernel(attention("cudnn").lower(q, q, q).compile())
+            out["cudnn_compiled"] = True
+        except Exception as e:  # no cuDNN library on this machine: read the lowered program instead
+            from jax._src.cudnn import fused_attention_stablehlo
+            fused_attention_stablehlo.check_cudnn_version = lambda: 91000  # the target's cuDNN 9.10
+            out["cudnn_attention"] = cp.attention_kernel(attention("cudnn").lower(q, q, q))
+            out["cudnn_compiled"] = str(e).splitlines()[0]
+print(json.dumps(out))
+"""
+
+
+def _compile_only(platform):
+    script = COMPILE_ONLY.replace("DEVICES", DEVICES[platform]).replace("PLATFORM", repr(platform))
+    return _run_script(script)
+
+
+@pytest.fixture(scope="module", params=[
+    pytest.param("tpu", marks=pytest.mark.skipif(not HAS_LIBTPU, reason=f"libtpu not importable: {PLAN_EXTRA}")),
+    pytest.param("gpu", marks=pytest.mark.skipif(not HAS_CUDA_PLUGIN,
+                                                 reason=f"the CUDA plugin is not importable: {PLAN_EXTRA}")),
+])
+def target(request):
+    return request.param, _compile_only(request.param)
+
+
+def test_flops_on_a_compile_only_target_are_2mnk_per_device(target):
+    platform, got = target
+    assert got["cost"]["source"] == ("cost_analysis" if platform == "tpu" else "hlo_cost_analysis")
+    assert got["cost"]["flops"] == pytest.approx(2 * 512 * 256 * 384 / 4, rel=0.03)
+    assert got["cost"]["bytes_accessed"] > 0
+    assert got["memory"]["arguments"] == (512 * 256 // 4 + 256 * 384) * 4
+
+
+def test_collectives_on_a_compile_only_target(target):
+    _, got = target
+    assert got["data"]["all-reduce"]["count"] >= 1
+    assert got["data"]["all-reduce"]["bytes"] in (256 * 128 * 4, 256 * 128 * 2)  # TPU may reduce in bf16
+    assert got["fsdp"]["all-gather"]["count"] >= 1 and got["fsdp"]["all-gather"]["bytes"] > 0
+
+
+def test_attention_kernel_on_a_compile_only_target(target):
+    platform, got = target
+    assert got["xla_attention"] == "xla"
+    if platform == "gpu":
+        assert got["cudnn_attention"] == "cudnn", got.get("cudnn_compiled")
