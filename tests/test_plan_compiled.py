@@ -220,8 +220,15 @@ ASYNC_AND_LOOPS = """HloModule jit_step, entry_computation_layout={()->f32[]}
   ROOT %t = (s32[], f32[4]{0}) tuple(%i, %cp)
 }
 
+%all-reduce-scatter (input: f32[256,128]) -> f32[64,128] {
+  %input = f32[256,128]{1,0:T(8,128)} parameter(0)
+  %all-reduce.2 = f32[256,128]{1,0:T(8,128)} all-reduce(%input), channel_id=4, to_apply=%add
+  ROOT %dynamic-slice.3 = f32[64,128]{1,0:T(8,128)} dynamic-slice(%all-reduce.2, %o, %z), dynamic_slice_sizes={64,128}
+}
+
 ENTRY %main (a: f32[32,128]) -> f32[] {
   %a = f32[32,128]{1,0} parameter(0)
+  %tpu_rs = f32[64,128]{1,0:T(8,128)} fusion(%b), kind=kCustom, calls=%all-reduce-scatter
   %rs = f32[4,128]{1,0} reduce-scatter(%a), channel_id=2, dimensions={0}, to_apply=%add
   %ars = (f32[16]{0}, f32[16]{0}) all-reduce-start(%x, %y), channel_id=3, to_apply=%add
   %ard = (f32[16]{0}, f32[16]{0}) all-reduce-done(%ars)
@@ -235,7 +242,7 @@ ENTRY %main (a: f32[32,128]) -> f32[] {
 
 def test_collectives_of_text_count_async_ops_once_with_their_results_bytes():
     got = cp.collectives_of_text(ASYNC_AND_LOOPS)
-    assert got["reduce-scatter"] == {"count": 1, "bytes": 4 * 128 * 4, "unknown_trip_count": 0}
+    assert got["reduce-scatter"] == {"count": 2, "bytes": 4 * 128 * 4 + 64 * 128 * 4, "unknown_trip_count": 0}
     assert got["all-reduce"]["count"] == 1 + 3  # the entry's async pair, and the TPU loop's 3 trips
     assert got["all-reduce"]["bytes"] == 2 * 16 * 4 + 3 * 8 * 64 * 2
 
@@ -326,7 +333,12 @@ with jax.set_mesh(mesh):
     out["cost"], out["memory"] = cp.cost(matmul), cp.memory(matmul)
     data = jax.jit(jax.grad(loss)).lower(S((256, 128), P()), S((64, 256), P("data"))).compile()
     fsdp = jax.jit(jax.grad(loss)).lower(S((256, 128), P("data")), S((64, 256), P("data"))).compile()
-    out["data"], out["fsdp"] = cp.collectives(data), cp.collectives(fsdp)
+    scattered = jax.jit(jax.grad(loss), out_shardings=NamedSharding(mesh, P("data"))).lower(
+        S((256, 128), P("data")), S((64, 256), P("data"))).compile()
+    out["data"], out["fsdp"], out["scattered"] = cp.collectives(data), cp.collectives(fsdp), cp.collectives(scattered)
+    for unroll in (1, True):
+        layers = jax.jit(lambda h, ws: jax.lax.scan(lambda h, w: (jnp.tanh(h @ w), None), h, ws, unroll=unroll)[0])
+        out[f"layers_unroll_{unroll}"] = cp.flops(layers.lower(S((16, 64), P()), S((4, 64, 64), P())).compile())
     q = S((4, 256, 4, 64), P("data"), jnp.bfloat16)
     out["xla_attention"] = cp.attention_kernel(attention("xla").lower(q, q, q).compile())
 if PLATFORM == "gpu":
@@ -372,6 +384,20 @@ def test_collectives_on_a_compile_only_target(target):
     assert got["data"]["all-reduce"]["count"] >= 1
     assert got["data"]["all-reduce"]["bytes"] in (256 * 128 * 4, 256 * 128 * 2)  # TPU may reduce in bf16
     assert got["fsdp"]["all-gather"]["count"] >= 1 and got["fsdp"]["all-gather"]["bytes"] > 0
+
+
+def test_a_gradient_sharded_like_its_weight_is_reduce_scattered(target):
+    _, got = target
+    assert got["scattered"]["reduce-scatter"]["count"] == 1
+    assert got["scattered"]["reduce-scatter"]["bytes"] == 256 * 128 * 4 // 4
+    assert got["scattered"]["all-reduce"]["count"] == 0
+
+
+def test_flops_on_a_compile_only_target_count_a_rolled_loop_body_once(target):
+    _, got = target
+    one_layer = 2 * 16 * 64 * 64
+    assert one_layer <= got["layers_unroll_1"] < 2 * one_layer
+    assert 4 * one_layer <= got["layers_unroll_True"] < 5 * one_layer
 
 
 def test_attention_kernel_on_a_compile_only_target(target):

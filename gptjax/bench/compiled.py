@@ -147,7 +147,7 @@ def _bound_of_condition(condition: list[dict]) -> int | None:
         value = re.search(r"\bconstant\((-?\d+)\)", instruction["line"])
         if instruction["opcode"] == "constant" and value:
             constants[instruction["name"]] = int(value.group(1))
-    root = next((i for i in condition if re.match(r"^\s*ROOT\s", i["line"])), None)
+    root = _root(condition) if condition else None
     if root is None or root["opcode"] != "compare" or "direction=LT" not in root["line"]:
         return None
     operands = re.findall(r"%([\w.\-]+)", root["line"].split("compare(", 1)[1].split(")", 1)[0])
@@ -223,6 +223,10 @@ def _inlined(scope: str, computations: dict[str, list[dict]]) -> list[dict]:
     return found
 
 
+def _root(computation: list[dict]) -> dict:
+    return next((i for i in computation if re.match(r"^\s*ROOT\s", i["line"])), computation[-1])
+
+
 def _collective_kind(opcode: str) -> str | None:
     """The collective an opcode performs, the async -start form included; None for -done and others."""
     if opcode.endswith(("-done", "-update")):
@@ -248,7 +252,8 @@ def collectives(compiled) -> dict[str, dict]:
     body counts once per iteration: the trip count is the loop's stated known_trip_count or, where
     XLA does not state one (TPU), the N of a `counter < N` condition. Where neither is there, the
     op counts as if the loop ran once, and shows in "unknown_trip_count". A collective split into
-    several fusions (TPU async collective fusions) counts once per channel. Conditional branches
+    several fusions (TPU async collective fusions) counts once per channel; TPU's reduce-scatter
+    (an all-reduce fused with the slice of it each device keeps) counts as one. Conditional branches
     count as if each ran.
     """
     return collectives_of_text(compiled.as_text())
@@ -279,8 +284,12 @@ def collectives_of_text(text: str) -> dict[str, dict]:
             if key in counted:
                 continue
             counted.add(key)
+            size = _result_bytes(instruction, done_shapes)
+            if kind == "all-reduce" and instruction["computation"].startswith("all-reduce-scatter"):
+                # a TPU reduce-scatter: an all-reduce and a slice of it, fused; the slice is the result
+                kind, size = "reduce-scatter", shape_bytes(_root(computations[instruction["computation"]])["shape"])
             found[kind]["count"] += times
-            found[kind]["bytes"] += times * _result_bytes(instruction, done_shapes)
+            found[kind]["bytes"] += times * size
             found[kind]["unknown_trip_count"] += times if unknown[scope] else 0
     return found
 
