@@ -258,11 +258,37 @@ def test_a_loop_of_unknown_trip_count_counts_once_and_says_so():
     assert got == {"count": 1, "bytes": 16, "unknown_trip_count": 1}
 
 
+PIPELINED = """HloModule pipelined
+
+%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %p = (s32[], f32[8]{0}) parameter(0)
+  %cps = (f32[8]{0}, f32[8]{0}, u32[], u32[]) collective-permute-start(%v), channel_id=3, source_target_pairs={{0,1}}
+  ROOT %t = (s32[], f32[8]{0}) tuple(%i, %v)
+}
+
+%cond (p: (s32[], f32[8])) -> pred[] {
+  %p = (s32[], f32[8]{0}) parameter(0)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+ENTRY %main () -> f32[8] {
+  %w = (s32[], f32[8]{0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"2"}}
+  ROOT %cpd = f32[8]{0} collective-permute-done(%cps)
+}
+"""
+
+
+def test_an_async_start_takes_the_bytes_of_its_done_in_another_computation():
+    got = cp.collectives_of_text(PIPELINED)["collective-permute"]
+    assert got == {"count": 2, "bytes": 2 * 8 * 4, "unknown_trip_count": 0}
+
+
 def test_shape_bytes_reads_layouts_tiles_and_tuples():
     assert cp.shape_bytes("f32[8,128]{1,0}") == 4096
     assert cp.shape_bytes("bf16[1,128,128]{2,1,0:T(8,128)(2,1)S(1)}") == 128 * 128 * 2
     assert cp.shape_bytes("(f32[2]{0}, s8[3], pred[])") == 8 + 3 + 1
     assert cp.shape_bytes("f32[<=10]") == 40
+    assert cp.shape_bytes("f8e4m3fn[16]{0}") == 16 and cp.shape_bytes("s4[16]{0:E(4)}") == 8
 
 
 class _Text:

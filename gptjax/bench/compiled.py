@@ -13,12 +13,19 @@ import re
 import jax
 import numpy as np
 
-# Bytes per element of each HLO element type; sub-byte types count as fractions.
+# Bytes per element of each HLO element type; sub-byte types count as fractions, and the many
+# 8- and 4-bit float types (f8e4m3fn, f8e5m2, f4e2m1fn...) are read from their prefix.
 _ITEMSIZE = {
-    "pred": 1, "s2": 0.25, "u2": 0.25, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u16": 2,
-    "s32": 4, "u32": 4, "s64": 8, "u64": 8, "f16": 2, "bf16": 2, "f32": 4, "f64": 8, "c64": 8,
-    "c128": 16, "f4e2m1fn": 0.5, "f8e8m0fnu": 1, "token": 0,
+    "pred": 1, "s1": 0.125, "u1": 0.125, "s2": 0.25, "u2": 0.25, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1,
+    "s16": 2, "u16": 2, "s32": 4, "u32": 4, "s64": 8, "u64": 8, "f16": 2, "bf16": 2, "f32": 4, "f64": 8,
+    "c64": 8, "c128": 16, "token": 0,
 }
+
+
+def _itemsize(dtype: str) -> float | None:
+    if dtype in _ITEMSIZE:
+        return _ITEMSIZE[dtype]
+    return {"f8": 1, "f6": 0.75, "f4": 0.5}.get(dtype[:2])
 COLLECTIVE_KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
@@ -70,10 +77,10 @@ def shape_bytes(shape: str) -> int:
     """Bytes of an HLO shape as the text prints it (`f32[8,128]{1,0}`, or a tuple of such)."""
     total = 0.0
     for dtype, dims in _ARRAY.findall(shape):
-        if dtype not in _ITEMSIZE:
+        if _itemsize(dtype) is None:
             continue
         sizes = [int(re.sub(r"\D", "", d)) for d in dims.split(",") if re.sub(r"\D", "", d)]
-        total += math.prod(sizes) * _ITEMSIZE[dtype]
+        total += math.prod(sizes) * _itemsize(dtype)
     return int(total)
 
 
@@ -266,14 +273,9 @@ def collectives_of_text(text: str) -> dict[str, dict]:
     if entry is None:
         return found
     runs, unknown = _scopes(computations, entry)
+    done_shapes = _done_shapes(computations)
     for scope, times in runs.items():
         instructions = _inlined(scope, computations)
-        done_shapes = {}
-        for instruction in instructions:
-            if instruction["opcode"].endswith("-done"):
-                operand = re.search(r"-done\(\s*%([\w.\-]+)", instruction["line"])
-                if operand:
-                    done_shapes[operand.group(1)] = instruction["shape"]
         counted = set()
         for instruction in instructions:
             kind = _collective_kind(instruction["opcode"])
@@ -292,6 +294,18 @@ def collectives_of_text(text: str) -> dict[str, dict]:
             found[kind]["bytes"] += times * size
             found[kind]["unknown_trip_count"] += times if unknown[scope] else 0
     return found
+
+
+def _done_shapes(computations: dict[str, list[dict]]) -> dict[str, str]:
+    """The result shape of each async -start's -done, by the -start's name (unique in a module;
+    the pair may sit in different computations when XLA pipelines a loop)."""
+    shapes = {}
+    for instructions in computations.values():
+        for instruction in instructions:
+            operand = re.search(r"-done\(\s*%([\w.\-]+)", instruction["line"])
+            if instruction["opcode"].endswith("-done") and operand:
+                shapes[operand.group(1)] = instruction["shape"]
+    return shapes
 
 
 def cost(compiled) -> dict:
@@ -317,9 +331,12 @@ def cost(compiled) -> dict:
 
 
 def _hlo_cost_analysis(compiled) -> dict | None:
+    """XLA's HLO cost analysis of the optimized module, or None where this jax lacks it (private API)."""
     from jax._src import xla_bridge
     from jax._src.lib import _jax
 
+    if not hasattr(_jax, "hlo_module_cost_analysis"):
+        return None
     modules = compiled.runtime_executable().hlo_modules()
     if not modules:
         return None
