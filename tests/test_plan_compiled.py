@@ -324,6 +324,13 @@ def test_roofline_is_the_larger_of_compute_and_memory_plus_collectives():
     assert all(k.startswith("estimated_") for k in got if k.endswith("_s"))
 
 
+def test_roofline_refuses_a_rate_that_is_not_positive():
+    from gptjax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="link_bandwidth"):
+        cp.roofline(1.0, 1.0, 1.0, peak_flops=1e15, memory_bandwidth=1e12, link_bandwidth=0)
+
+
 # ---------------------------------------------------------------- compile-only TPU and GPU
 
 GPU_TARGET = """gpu_device_info { threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152

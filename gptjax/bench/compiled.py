@@ -13,6 +13,8 @@ import re
 import jax
 import numpy as np
 
+from gptjax.errors import ConfigError
+
 # Bytes per element of each HLO element type; sub-byte types count as fractions, and the many
 # 8- and 4-bit float types (f8e4m3fn, f8e5m2, f4e2m1fn...) are read from their prefix.
 _ITEMSIZE = {
@@ -371,16 +373,22 @@ def _is_pallas_call(line: str) -> bool:
 
 def roofline(flops: float, bytes_accessed: float, collective_bytes: float, *, peak_flops: float,
              memory_bandwidth: float, link_bandwidth: float) -> dict:
-    """An ESTIMATE of one step's time, not a measurement.
+    """An ESTIMATE of one step's time, not a measurement: all figures per device, rates per second.
 
     Compute and memory traffic overlap (the larger of flops / peak_flops and bytes_accessed /
-    memory_bandwidth); collectives are assumed not to overlap either and add collective_bytes /
-    link_bandwidth. "bound" names the largest of the three terms.
+    memory_bandwidth); collectives are assumed not to overlap with either and add
+    collective_bytes / link_bandwidth (collectives()' bytes: a ring all-reduce moves up to twice
+    its result over the links, so this term is a lower bound of its own). "bound" names the
+    largest of the three terms.
     """
+    for name, rate in (("peak_flops", peak_flops), ("memory_bandwidth", memory_bandwidth),
+                       ("link_bandwidth", link_bandwidth)):
+        if not rate or rate <= 0:
+            raise ConfigError(f"roofline: {name} must be a positive rate, got {rate!r}")
     terms = {
         "compute": flops / peak_flops,
         "memory": bytes_accessed / memory_bandwidth,
-        "collectives": collective_bytes / link_bandwidth if collective_bytes else 0.0,
+        "collectives": collective_bytes / link_bandwidth,
     }
     return {
         "estimated_step_s": max(terms["compute"], terms["memory"]) + terms["collectives"],
