@@ -140,12 +140,13 @@ def loop_free_cost(config, model_config, mesh, program: str) -> dict | None:
     if any(c is None or c.get("flops") is None for c in costs):
         return None
     layers = model_config.n_layer
-    return {key: costs[0][key] + (layers - 1) * (costs[1][key] - costs[0][key]) for key in costs[0]
+    return {key: costs[0][key] + (layers - 1) * (costs[1][key] - costs[0][key]) for key in ("flops", "bytes_accessed")
             if costs[0].get(key) is not None and costs[1].get(key) is not None}
 
 
-def program_record(name: str, lowered, structs: dict, target, *, cost=None) -> dict:
-    """What one program needs on each device of the target, and how long it might take."""
+def program_record(name: str, lowered, structs: dict, target, *, cost=None, timed: bool = True) -> dict:
+    """What one program needs on each device of the target, and how long it might take (not
+    `timed`: a program whose loop runs a number of times known only when it runs, decoding's)."""
     program, seconds, refusal = compile_program(lowered)
     record = {"program": name, "compile_time_s": round(seconds, 2)}
     kinds = {kind: analysis.per_device_bytes(tree) for kind, tree in structs.items()}
@@ -158,9 +159,10 @@ def program_record(name: str, lowered, structs: dict, target, *, cost=None) -> d
     record["headroom_bytes"] = target.memory_bytes - memory["total"]
     record["collectives"] = analysis.collectives(program)
     record["attention"] = analysis.attention_kernel(program)
-    cost = cost or analysis.cost(program)
+    cost = cost or (analysis.cost(program) if timed else None)
     if cost and cost.get("flops") is not None:
         record["compiled_flops"] = cost["flops"]
+    if record.get("compiled_flops") and target.peak_flops > 0:  # a CPU's peak is measured, not known ahead
         link = target.host_link_bandwidth if target.num_hosts > 1 else target.link_bandwidth
         record["estimate"] = analysis.roofline(
             cost["flops"], cost.get("bytes_accessed") or 0.0,
@@ -192,7 +194,7 @@ def plan_config(config, target, *, programs=("train", "eval", "decode"), count_f
             if s["head"] != "causal_lm":
                 continue
             low, structs = lower_decode(config, mc, mesh)
-            out.append(program_record(name, low, structs, target))
+            out.append(program_record(name, low, structs, target, timed=False))
             continue
         low, structs = lowered[name]
         rolled = (mc.unroll or 0) < mc.n_layer and not _unrolled_on(target, mc)
@@ -270,15 +272,13 @@ def format_plan(plan: dict) -> str:
     lines = [f"plan for {plan['target']} ({plan['num_devices']}x {plan['device_kind']}, {plan['num_hosts']} host(s), "
              f"{plan['device_memory_bytes'] / GiB:.1f} GiB a device), mesh {plan['mesh']}, {plan['model']}, "
              f"{plan['dtype']}, remat {plan['remat']}, batch {plan['batch_size']} x {plan['seq_len']}:"]
-    header = ("program", "fits", "params GiB", "optimizer GiB", "temps GiB", "total GiB", "headroom GiB",
-              "TFLOP/step", "attention", "compile s", "est. step ms", "est. tokens/s")
+    header = ("program", "fits", "parameters", "optimizer", "temporaries", "total", "headroom",
+              "TFLOP/device", "attention", "compile s", "est. step ms", "est. tokens/s")
     rows = []
     for p in plan["programs"]:
         m, e = p.get("memory_bytes", {}), p.get("estimate", {})
-        gib = lambda key, m=m: "-" if m.get(key) is None else f"{m[key] / GiB:.2f}"  # noqa: E731
-        rows.append((p["program"], "yes" if p["fits"] else "NO", gib("parameters"), gib("optimizer"),
-                     gib("temporaries"), gib("total"),
-                     "-" if "headroom_bytes" not in p else f"{p['headroom_bytes'] / GiB:.2f}",
+        rows.append((p["program"], "yes" if p["fits"] else "NO", _size(m.get("parameters")), _size(m.get("optimizer")),
+                     _size(m.get("temporaries")), _size(m.get("total")), _size(p.get("headroom_bytes")),
                      "-" if p.get("compiled_flops") is None else f"{p['compiled_flops'] / 1e12:.2f}",
                      p.get("attention", "-"), f"{p['compile_time_s']:.1f}",
                      "-" if not e else f"{1e3 * e['estimated_step_s']:.1f}",
@@ -288,13 +288,19 @@ def format_plan(plan: dict) -> str:
     for p in plan["programs"]:
         if p.get("refusal"):
             lines.append(f"  {p['program']}: the compiler refused it: {p['refusal']}")
-        if p.get("collectives"):
-            parts = ", ".join(f"{n} {kind} ({c['bytes'] / 2**20:.1f} MiB)" for kind, c in p["collectives"].items()
-                              for n in [c["count"]])
+        if any(c["count"] for c in p.get("collectives", {}).values()):
+            parts = ", ".join(f"{c['count']} {kind} ({_size(c['bytes'])})" for kind, c in p["collectives"].items()
+                              if c["count"])
             lines.append(f"  {p['program']} collectives a step, a device: {parts}")
     lines.append("  est.: a roofline estimate (FLOPs over peak, bytes over bandwidth, collectives over the link), "
                  "not a measurement")
     return "\n".join(lines)
+
+
+def _size(n) -> str:
+    if n is None:
+        return "-"
+    return f"{n / GiB:.2f} GiB" if abs(n) >= GiB / 10 else f"{n / 2**20:.1f} MiB"
 
 
 def plan_record(plan: dict, config_name: str) -> dict:
