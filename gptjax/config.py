@@ -34,7 +34,7 @@ def base_config() -> ConfigDict:
     c.model.init = "pretrained"  # or "scratch": random initialisation, as Hugging Face does
     c.model.reinit_head = False  # start a new head even if the checkpoint stores one
     c.model.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
-    c.model.attention = "xla"  # or "cudnn" (GPU flash attention where shapes allow)
+    c.model.attention = "xla"  # or "cudnn": cuDNN flash attention (NVIDIA GPU, bf16/fp16, no attention dropout in training) or an error
     c.model.remat = False  # recompute each block in the backward pass: less activation memory, more FLOPs
     c.model.unroll = config_dict.placeholder(int)  # blocks per layer-scan iteration; None: all on a CPU without remat, else 1
     c.model.dropout = config_dict.placeholder(float)  # None: the checkpoint's own dropouts

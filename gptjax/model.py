@@ -65,7 +65,7 @@ class GPT2Config:
     pad_token_id: int | None = None
     # Not in Hugging Face's config: how gptjax computes.
     dtype: str = "float32"  # compute dtype; parameters stay float32
-    attention: str = "xla"  # jax.nn.dot_product_attention implementation: "xla" or "cudnn"
+    attention: str = "xla"  # "xla", or "cudnn": cuDNN's flash attention or an error (gptjax/attention.py)
     remat: bool = False  # recompute each block in the backward pass to save activation memory
     # Blocks per iteration of the layer scan: 1 a rolled loop, n_layer none; None the backend's
     # choice (unrolled on a CPU, where the rolled loop's slicing copies arrays, unless remat is on).
@@ -179,7 +179,7 @@ class Projection(nnx.Linear):
 
 
 class Attention(nnx.Module):
-    """Causal multi-head self-attention through jax.nn.dot_product_attention."""
+    """Causal multi-head self-attention (gptjax/attention.py: XLA's kernel or cuDNN's)."""
 
     def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs):
         d, std = config.n_embd, config.initializer_range
@@ -201,11 +201,7 @@ class Attention(nnx.Module):
         b, t, _ = x.shape
         cfg = self.config
         q, k, v = self._qkv(x, _key(keys, 0))
-        if keys is not None and cfg.attn_pdrop > 0:
-            # dot_product_attention has no dropout on the probabilities; write it out instead.
-            y = attention.with_dropout(q, k, v, mask, cfg.attn_pdrop, keys[0])
-        else:
-            y = attention.fused(q, k, v, mask, lengths, cfg.attention)
+        y = attention.attend(q, k, v, mask, lengths, cfg.attention, cfg.attn_pdrop, _key(keys, 0))
         y = self.c_proj(y.reshape(b, t, cfg.n_embd), _fold(_key(keys, 1), 1))
         return dropout(y, cfg.resid_pdrop, _key(keys, 1))
 
