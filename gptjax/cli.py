@@ -185,6 +185,7 @@ def main(argv=None):
         # The target's compiler runs on this host; without this the CUDA plugin would try to start
         # a GPU here, and libtpu a TPU.
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # plans beside a running job or plan
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("absl", "jax", "httpx", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

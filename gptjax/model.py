@@ -88,6 +88,13 @@ class GPT2Config:
             raise ConfigError(f"attention={self.attention!r}: choose 'xla' or 'cudnn'")
         jnp.dtype(self.dtype)  # raises on an unknown dtype name
 
+    def layer_unroll(self, platform: str) -> int:
+        """Blocks per iteration of the layer loop on `platform`: `unroll` if set, else all of them on
+        a CPU (whose rolled loop copies the stacked arrays) and 1 elsewhere. Unrolled, XLA schedules
+        remat's recomputed blocks early and keeps them all alive (3x the temporaries of the rolled
+        loop): remat stays rolled."""
+        return self.unroll or (self.n_layer if platform == "cpu" and not self.remat else 1)
+
     @property
     def inner_dim(self) -> int:
         return self.n_inner or 4 * self.n_embd
@@ -323,9 +330,7 @@ class Transformer(nnx.Module):
 
         if cfg.remat:
             body = jax.checkpoint(body, prevent_cse=False)
-        # Unrolled, XLA schedules the recomputed blocks of remat early and keeps them all alive
-        # (3x the temporaries of the rolled loop, tests/test_memory_plan.py): remat stays rolled.
-        unroll = cfg.unroll or (cfg.n_layer if sharding.platform() == "cpu" and not cfg.remat else 1)
+        unroll = cfg.layer_unroll(sharding.platform())
         if f := frozen_layers:
             frozen = jax.tree.map(lambda a: jax.lax.stop_gradient(a[:f]), layers)
             x, _ = jax.lax.scan(body, x, (frozen, None if keys is None else layer_keys[:f]), unroll=unroll)

@@ -1,8 +1,15 @@
 """Shared fixtures: small datasets and configs built in the test, never downloaded."""
 
 import json
+import os
 import sys
 from pathlib import Path
+
+# The suite runs on the CPU. Where plan mode's compilers are installed (gptjax[plan]), JAX would
+# otherwise try to start the TPU and GPU they serve; and each xdist worker loads libtpu, which by
+# default only one process may.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import numpy as np
 import pytest

@@ -197,7 +197,7 @@ def plan_config(config, target, *, programs=("train", "eval", "decode"), count_f
             out.append(program_record(name, low, structs, target, timed=False))
             continue
         low, structs = lowered[name]
-        rolled = (mc.unroll or 0) < mc.n_layer and not _unrolled_on(target, mc)
+        rolled = mc.layer_unroll(target.platform) < mc.n_layer
         cost = loop_free_cost(config, mc, mesh, name) if count_flops and rolled else None
         record = program_record(name, low, structs, target, cost=cost)
         rows = s["batch_size"] if name == "train" else s["eval_batch_size"]
@@ -213,11 +213,6 @@ def plan_config(config, target, *, programs=("train", "eval", "decode"), count_f
             "dtype": mc.dtype, "remat": mc.remat, "batch_size": s["batch_size"], "seq_len": s["seq_len"],
             "grad_accum_steps": config.train.grad_accum_steps, "programs": out,
             "fits": all(p["fits"] for p in out)}
-
-
-def _unrolled_on(target, mc) -> bool:
-    """Whether the layer loop is fully unrolled on the target (model.py decides: a CPU without remat)."""
-    return target.platform == "cpu" and not mc.remat
 
 
 # ---------------------------------------------------------------------------------------------
