@@ -121,14 +121,16 @@ def existing_run(workdir: epath.Path, config) -> dict | None:
     if is_run(workdir):
         if not config.checkpoint.resume:
             raise ConfigError(f"--workdir={workdir}: holds a trained run ({RUN_FILE}); checkpoint.resume=false starts "
-                              "a new run, which needs an empty or new --workdir")
+                              "a new run, which needs an empty or new --workdir, or --start_over to move this run "
+                              "aside")
         saved = wd.read_json(workdir / RUN_FILE, "run record")
         check_compatible(saved, config, None, workdir / RUN_FILE)
         return saved
     clash = sorted(name for name in RUN_OUTPUTS if (workdir / name).exists())
     if clash:
         raise ConfigError(f"--workdir={workdir}: holds {', '.join(clash)} but no {RUN_FILE}, so it is not a gptjax run "
-                          "to resume, and a new run would write over them; use an empty or new --workdir")
+                          "to resume, and a new run would write over them; use an empty or new --workdir, or "
+                          "--start_over to move them aside")
     return None
 
 

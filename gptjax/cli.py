@@ -118,6 +118,9 @@ def parse_args(argv):
                                          "eval: a JSON file for the metrics")
     parser.add_argument("--model_dir", help="eval, export, predict, generate: an exported Hugging Face directory (or, "
                                             "for generate, a hub id) instead of a workdir")
+    parser.add_argument("--start_over", action="store_true",
+                        help="train: move the workdir's run aside into WORKDIR/previous/TIME/ (nothing is deleted) "
+                             "and train a new one there")
     parser.add_argument("--overwrite", action="store_true",
                         help="export: write into a non-empty directory that is not an earlier export (its files of "
                              "other names stay)")
@@ -131,6 +134,9 @@ def parse_args(argv):
                 parser.error(f"--{flag} is required for --mode={args.mode}")
     if args.mode == "plan" and not args.target:
         parser.error("--mode=plan needs --target (e.g. --target=v5e-8; --target=list names them all)")
+    if args.start_over and args.mode != "train":
+        parser.error(f"--start_over is for --mode=train (it moves a run aside to train a new one); --mode={args.mode} "
+                     "leaves the workdir as it is")
     if args.benchmark_steps < 1 or args.benchmark_warmup < 0:
         parser.error(f"--benchmark_steps={args.benchmark_steps} --benchmark_warmup={args.benchmark_warmup}: "
                      "at least 1 timed step (the figures are their medians), and no negative warm-up")
@@ -239,7 +245,7 @@ def _main(args, overrides):
                 raise WorkdirError(f"--input={args.input}: no such file")
             wd.check_output(args.output, reads=(source, args.input))  # before the model is loaded
         if args.mode == "train":
-            train_and_evaluate(config, args.workdir)
+            train_and_evaluate(config, args.workdir, start_over=args.start_over)
         elif args.mode == "benchmark":
             if args.benchmark == "generate":
                 from gptjax.bench.decoding import run_generate as run
@@ -278,6 +284,22 @@ def _main(args, overrides):
             jax.distributed.shutdown()
 
 
+def check_early(args, overrides) -> None:
+    """What refuses a command without JAX, so before the restart: a config key that does not exist
+    or does not parse (in a reading mode, checked against the keys every run has: the trained
+    run's own config is read later), a training config that fails validation, and a workdir whose
+    lock another run holds."""
+    if args.mode in READING_MODES:
+        apply_overrides(base_config(), overrides)
+        return
+    config = validate(apply_overrides(load_config(args.config), overrides))
+    if args.mode == "train":
+        from gptjax import trackers
+
+        trackers.check(config)
+        wd.check_unlocked(wd.path(args.workdir))
+
+
 def command():
     """The command line as a user runs it (the `gptjax` console command, python -m gptjax, run.py):
     on a CPU, first restarted under glibc settings that XLA:CPU needs (gptjax/malloc.py). Flags,
@@ -287,11 +309,10 @@ def command():
     if _compare(sys.argv[1:]):
         return
     args, overrides = parse_args(sys.argv[1:])
-    if args.mode not in READING_MODES:
-        try:
-            validate(apply_overrides(load_config(args.config), overrides))
-        except ConfigError as e:
-            sys.exit(f"error: {e}")
+    try:
+        check_early(args, overrides)
+    except (ConfigError, WorkdirError) as e:
+        sys.exit(f"error: {e}")
     malloc.restart_tuned()
     main()
 

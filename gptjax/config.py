@@ -80,6 +80,9 @@ def base_config() -> ConfigDict:
     c.train.patience = config_dict.placeholder(int)  # early stopping: evaluations without gain; None = off
     c.train.log_every = 50  # steps between log lines and metrics.jsonl entries
     c.train.eval_every_steps = config_dict.placeholder(int)  # validation also every N steps (best model, patience)
+    # Where metrics and the config go besides metrics.jsonl: "tensorboard" (WORKDIR/tensorboard) and
+    # "wandb" (Weights & Biases: pip install 'gptjax[wandb]'; WANDB_PROJECT, WANDB_MODE=offline...).
+    c.train.report_to = ("tensorboard",)
     # Which parameters train (gptjax/partition.py): "none" (all of them), "head_only" (the task head), or
     # "top_k" (the top train.trainable_blocks blocks, the final LayerNorm and the head).
     c.train.freeze = "none"
@@ -442,7 +445,8 @@ def check_compatible(saved: dict, config: ConfigDict, labels: list[str] | None, 
         if before != now:
             raise ConfigError(
                 f"{where}: the run was made with {key}={before!r} but this command has {key}={now!r}; "
-                f"resume with {key}={before!r}, or train with the new value in another --workdir"
+                f"resume with {key}={before!r}, or train with the new value in another --workdir (or here with "
+                "--start_over, which moves this run aside)"
             )
     if labels is not None and saved["labels"] != list(labels):
         raise ConfigError(f"{where}: the run's labels {saved['labels']} differ from this data's {list(labels)}; "

@@ -91,7 +91,7 @@ def encode(config, splits, tokenizer, vocab) -> dict[str, EncodedSplit]:
     return {name: task.encode(examples, tokenizer, vocab, config.data) for name, examples in splits.items()}
 
 
-def prepare(config, workdir) -> Experiment:
+def prepare(config, workdir, new_run: bool = False) -> Experiment:
     """Loads and checks the data, the label vocabulary, the tokenizer and the model, and tokenises
     every split: all before any training starts.
 
@@ -102,7 +102,7 @@ def prepare(config, workdir) -> Experiment:
     """
     task = tasks.get(config.task)
     task.check_config(config)
-    saved = artifact.existing_run(workdir, config)
+    saved = None if new_run else artifact.existing_run(workdir, config)  # new_run: the workdir's run is moved aside
     sources = [config.data.source, config.tokenizer.name_or_path]
     if config.model.init == "pretrained":
         sources.append(config.model.name_or_path)

@@ -1,4 +1,5 @@
-"""What a run writes as it goes: metrics.jsonl, TensorBoard events, and a progress display.
+"""What a run writes as it goes: metrics.jsonl, TensorBoard events (and W&B: gptjax/trackers.py),
+and a progress display.
 
 Train metrics stay on the device until a log step (or a checkpoint), so the loop never waits
 for the accelerator in between; then they are fetched together, checked for NaN / inf, and
@@ -12,22 +13,19 @@ import datetime
 import json
 import logging
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
 
 import jax
 import numpy as np
 from etils import epath
 
+from gptjax import trackers
 from gptjax.errors import NonFiniteError
-from gptjax.workdir import append_lines, is_local
 
 log = logging.getLogger("gptjax")
 
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = trackers.METRICS_FILE
 
 
 def read_metrics(path) -> list[dict]:
@@ -53,22 +51,25 @@ def clock(seconds: float | None) -> str:
 
 
 class Reporter:
-    def __init__(self, workdir, total_steps: int, *, resume_step: int | None = None, pending=(), write=True):
-        """`write=False` (every process but the first) checks and logs, but writes no file."""
-        from tensorboardX import SummaryWriter
-
-        self.metrics_file = self.tensorboard = None
+    def __init__(self, workdir, total_steps: int, *, resume_step: int | None = None, pending=(), write=True,
+                 config=None, primary_metric: str | None = None):
+        """`write=False` (every process but the first) checks and logs, but writes no file. `config`
+        (a ConfigDict) names the trackers (train.report_to; None: TensorBoard) and is logged to them;
+        `primary_metric` heads TensorBoard's HParams table beside the train loss."""
+        self.trackers = []
         if write:
+            from gptjax.config import config_json
+
+            tags = ["train/loss"] + [f"{split}/{primary_metric}" for split in ("validation", "test") if primary_metric]
+            names = ("tensorboard",) if config is None else config.train.report_to
+            self.trackers = trackers.open_all(workdir, names, tags)
             # Appended to, never rewritten: each run (or resumed run) starts with a line of split
             # "run"; lines after it replace earlier ones of the same or a later step.
-            self.metrics_file = workdir / METRICS_FILE
             self.write({"step": resume_step or 0, "split": "run", "resumed": resume_step is not None,
                         "time": time.strftime("%Y-%m-%d %H:%M:%S")})
-            # tensorboardX writes only local files (gs:// would need google-cloud-storage): on cloud
-            # storage the events are written locally and copied up after each evaluation.
-            self.tensorboard_dir = workdir / "tensorboard"
-            self._staging = None if is_local(workdir) else tempfile.mkdtemp(prefix="gptjax-tensorboard-")
-            self.tensorboard = SummaryWriter(self._staging or str(self.tensorboard_dir))
+            if config is not None:
+                for tracker in self.trackers:
+                    tracker.config(config_json(config))
         self.total_steps = total_steps
         self.progress = None
         self._display = contextlib.ExitStack()
@@ -193,34 +194,17 @@ class Reporter:
     def eval_line(self, step: int, split: str, epoch: int | None, metrics: dict) -> None:
         line = {"step": step, "split": split, **({"epoch": epoch + 1} if epoch is not None else {}), **metrics}
         self.write(line)
-        self._copy_up_tensorboard()
         headline = {k: v for k, v in metrics.items() if isinstance(v, float)}
         log.info("%s at step %d: %s", split, step, "  ".join(f"{k} {v:.4f}" for k, v in headline.items()))
 
     def write(self, line: dict) -> None:
-        if self.metrics_file is None:
-            return
-        append_lines(self.metrics_file, [json.dumps(line)])
-        if self.tensorboard is None or line["split"] == "run":
-            return
-        for key, value in line.items():
-            if isinstance(value, (int, float)) and key not in ("step", "epoch"):
-                self.tensorboard.add_scalar(f"{line['split']}/{key}", value, line["step"])
+        values = {k: v for k, v in line.items() if k not in ("step", "split")}
+        for tracker in self.trackers:
+            tracker.scalars(line["step"], line["split"], values)
 
     def close(self) -> None:
         self._display.close()
         if self.progress is not None:
             self.progress.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-            self._copy_up_tensorboard()
-            if self._staging:
-                shutil.rmtree(self._staging, ignore_errors=True)
-
-    def _copy_up_tensorboard(self) -> None:
-        if self.tensorboard is None or not self._staging:
-            return
-        self.tensorboard.flush()
-        self.tensorboard_dir.mkdir(parents=True, exist_ok=True)
-        for name in os.listdir(self._staging):
-            epath.Path(self._staging, name).copy(self.tensorboard_dir / name, overwrite=True)
+        for tracker in self.trackers:
+            tracker.close()

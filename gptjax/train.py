@@ -10,7 +10,7 @@ import logging
 
 import jax
 
-from gptjax import artifact, partition, sharding, workdir as wd
+from gptjax import artifact, partition, sharding, trackers, workdir as wd
 from gptjax.checkpoint import Checkpoints, Preempted, PreemptionGuard, abstract_like
 from gptjax.config import check_compatible, check_platform, config_json, validate
 from gptjax.data.batching import epoch_batches, num_batches
@@ -35,32 +35,47 @@ class Progress:
     stopped_early: bool = False
 
 
-def train_and_evaluate(config, workdir) -> dict:
+def train_and_evaluate(config, workdir, start_over: bool = False) -> dict:
     """Trains on the config's data, evaluates on validation each epoch and on test at the end,
     keeps the best epoch's model and exports it to WORKDIR/export. Returns results.json's dict.
 
     With checkpoint.resume (the default) a workdir holding checkpoints continues from the newest
     readable one; SIGTERM / SIGINT save a checkpoint and raise Preempted. One run at a time
-    holds the workdir.
+    holds the workdir. start_over moves the workdir's run (if any) aside into
+    WORKDIR/previous/TIME/ once every check has passed, and trains a new one.
     """
     check_platform(validate(config))
+    trackers.check(config)
     workdir = wd.path(workdir)
     wd.check_checkpoint_path(workdir)
     new_dir, new_lock = not workdir.exists(), not (workdir / wd.LOCK_FILE).exists()
     wd.prepare_for_writing(workdir)
     if jax.process_index() != 0:  # the hosts of one run share its workdir: process 0 holds the lock
-        return _train(config, workdir)
+        return _train(config, workdir, start_over)
     with wd.lock(workdir):
         try:
-            return _train(config, workdir)
+            return _train(config, workdir, start_over)
         except BaseException:
             wd.clean_failed_start(workdir, new_dir, new_lock)  # a start that failed leaves no trace
             raise
 
 
-def _train(config, workdir) -> dict:
+def _move_old_run_aside(workdir) -> None:
+    if jax.process_index() == 0:
+        aside = wd.move_aside(workdir, (*artifact.RUN_OUTPUTS, trackers.WANDB_DIR))
+        if aside is None:
+            log.info("--start_over: %s holds no earlier run; nothing to move aside", workdir)
+        else:
+            log.info("--start_over: the earlier run's files are moved to %s; training a new run", aside)
+    if jax.process_count() > 1:  # no process opens the checkpoints before they are moved
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("gptjax start_over")
+
+
+def _train(config, workdir, start_over: bool = False) -> dict:
     mesh = sharding.make_mesh(config.mesh)
-    exp = prepare(config, workdir)
+    exp = prepare(config, workdir, new_run=start_over)
     cfg = config.train
     task = exp.task
 
@@ -72,10 +87,12 @@ def _train(config, workdir) -> dict:
     trainable_params = partition.count(steps.params)
     total_params = trainable_params + partition.count(steps.frozen)
 
+    if start_over:  # every check of the new run has passed: only now is the old one moved
+        _move_old_run_aside(workdir)
     checkpoints = Checkpoints(workdir, config.checkpoint.keep)
     progress, pending = Progress(), []
     restored = None
-    if config.checkpoint.resume:
+    if config.checkpoint.resume and not start_over:
         def check(meta):
             check_compatible(meta, config, exp.vocab.names, checkpoints.directory)
             partition.check_base(meta.get("base"), base, checkpoints.directory)
@@ -91,8 +108,8 @@ def _train(config, workdir) -> dict:
     elif checkpoints.best.latest_step() is not None:  # every checkpoint was damaged and set aside
         checkpoints.close()
         raise ConfigError(f"{checkpoints.directory}: no readable checkpoint to resume from (the damaged ones are set "
-                          "aside as damaged-*); starting over here would replace the run's best model: train in a new "
-                          "--workdir")
+                          "aside as damaged-*); train in a new --workdir, or add --start_over to move this run aside "
+                          "and train a new one here")
     # Every check has passed (experiment.prepare, the checkpoint's own): the first write.
     artifact.save_run(workdir, config, exp.model, exp.tokenizer, exp.vocab.names, exp.fingerprint, steps.frozen)
     exp.model = None  # the steps hold the parameters from here on
@@ -100,7 +117,7 @@ def _train(config, workdir) -> dict:
     primary = task.primary_metric
     step = int(steps.state.step)
     reporter = Reporter(workdir, total_steps, resume_step=step if restored is not None else None, pending=pending,
-                        write=jax.process_index() == 0)
+                        write=jax.process_index() == 0, config=config, primary_metric=task.primary_metric)
     guard = PreemptionGuard(checkpoints.manager)
     log.info("training %s: %d rows, %d steps per epoch, %d steps, %d devices, %d of %d parameters (%.2f%%)",
              task.name, len(train_split), steps_per_epoch, total_steps, mesh.size, trainable_params, total_params,

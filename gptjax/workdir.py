@@ -171,14 +171,63 @@ def lock(workdir: epath.Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
-            raise WorkdirError(f"--workdir={workdir}: in use by another run ({holder}); wait for it to end, "
-                               "or use another --workdir") from None
+            raise _in_use(workdir, fd) from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(_holder()).encode())
         yield
     finally:
         os.close(fd)  # closing drops the flock
+
+
+def _in_use(workdir: epath.Path, fd: int) -> WorkdirError:
+    holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+    return WorkdirError(f"--workdir={workdir}: in use by another run ({holder}); wait for it to end, or use another "
+                        "--workdir")
+
+
+def check_unlocked(workdir: epath.Path) -> None:
+    """Refuses at once a workdir whose lock another run holds, without taking the lock (the
+    command line asks before it restarts; lock() takes it later)."""
+    if not is_local(workdir) or not (workdir / LOCK_FILE).is_file():
+        return
+    try:
+        fd = os.open(os.fspath(workdir / LOCK_FILE), os.O_RDONLY)
+    except OSError:
+        return  # lock() reports what is wrong with it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use(workdir, fd) from None
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+PREVIOUS_DIR = "previous"  # WORKDIR/previous/TIME/: runs moved aside by --start_over; never moved again
+
+
+def move_aside(workdir: epath.Path, names) -> epath.Path | None:
+    """Moves those of `names` (entries of the workdir) that exist into a new directory
+    WORKDIR/previous/TIME/ (UTC, to the second; -2, -3... if taken), and returns it; None when
+    there was nothing to move. Nothing is deleted; the caller holds the workdir's lock."""
+    present = [name for name in names if (workdir / name).exists()]
+    if not present:
+        return None
+    stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime())
+    (workdir / PREVIOUS_DIR).mkdir(exist_ok=True)
+    for n in range(1, 1000):
+        aside = workdir / PREVIOUS_DIR / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            aside.mkdir()  # claims the name: an existing one is never written into
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise WorkdirError(f"--workdir={workdir}: {workdir / PREVIOUS_DIR} has no free name for {stamp}")
+    for name in present:
+        (workdir / name).rename(aside / name)
+    return aside
 
 
 def clean_failed_start(workdir: epath.Path, new_dir: bool, new_lock: bool) -> None:
