@@ -192,6 +192,10 @@ def main(argv=None):
         # a GPU here, and libtpu a TPU.
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # plans beside a running job or plan
+        # Off a TPU VM, libtpu warns that it cannot find the VM's own TPU; the topology compiled
+        # for is given apart, so these only quiet it.
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", args.target.lower().replace("v5e-", "v5litepod-"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("absl", "jax", "httpx", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
