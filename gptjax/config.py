@@ -35,7 +35,9 @@ def base_config() -> ConfigDict:
     c.model.reinit_head = False  # start a new head even if the checkpoint stores one
     c.model.dtype = "float32"  # compute dtype; parameters and optimizer state stay float32
     c.model.attention = "xla"  # or "cudnn": cuDNN flash attention (NVIDIA GPU, bf16/fp16, no attention dropout in training) or an error
-    c.model.remat = False  # recompute each block in the backward pass: less activation memory, more FLOPs
+    # Recompute each block in the backward pass: less activation memory, more FLOPs. None: only where
+    # the train step would not fit the device's memory without it (a TPU's or GPU's, found by compiling).
+    c.model.remat = config_dict.placeholder(bool)
     c.model.unroll = config_dict.placeholder(int)  # blocks per layer-scan iteration; None: all on a CPU without remat, else 1
     c.model.dropout = config_dict.placeholder(float)  # None: the checkpoint's own dropouts
     c.model.arch = ConfigDict()  # for init="scratch": changes to the named size
@@ -390,7 +392,7 @@ USE_TIME_KEYS = (
 def model_overrides(config: ConfigDict) -> dict:
     """The model.* keys that change a GPT2Config (of a checkpoint, or a named size)."""
     cfg = config.model
-    changes = {"dtype": cfg.dtype, "attention": cfg.attention, "remat": cfg.remat, "unroll": cfg.unroll}
+    changes = {"dtype": cfg.dtype, "attention": cfg.attention, "remat": bool(cfg.remat), "unroll": cfg.unroll}
     if cfg.dropout is not None:
         changes.update(resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout)
     return changes

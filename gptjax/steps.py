@@ -10,6 +10,7 @@ checkpoints hold. The model's graph (its structure, no arrays) is closed over.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, NamedTuple
 
 import jax
@@ -316,9 +317,11 @@ def check_batch_sizes(config, mesh) -> None:
         raise ConfigError(f"train.batch_size={cfg.batch_size} is not divisible by train.grad_accum_steps={cfg.grad_accum_steps}")
 
 
-def build_steps(config, model, mesh, total_steps: int | None = None) -> Steps:
+def build_steps(config, model, mesh, total_steps: int | None = None, memory_limit: int | None = None) -> Steps:
     """The model (already shaped by partition.adapt) on the mesh with its steps. With total_steps, a
-    train state and step with the config's optimizer and schedule; without, inference only."""
+    train state and step with the config's optimizer and schedule; without, inference only.
+    With model.remat unset (None), remat is turned on where the train step would not fit the
+    devices' memory (`memory_limit` bytes a device; by default their allocator's limit)."""
     partition = config_partition(config, model)
     if total_steps is None:
         sharding.check_batch_size(config.train.eval_batch_size, mesh, "train.eval_batch_size")
@@ -328,10 +331,71 @@ def build_steps(config, model, mesh, total_steps: int | None = None) -> Steps:
     check_batch_sizes(config, mesh)
     tx, schedule = make_optimizer(config.train, total_steps)
     graphdef, state, frozen = init_train_state(model, tx, mesh, partition)
-    train_step = make_train_step(graphdef, tx, seed=config.train.seed, grad_accum_steps=config.train.grad_accum_steps,
-                                 partition=partition, state_sharding=jax.tree.map(lambda x: x.sharding, state))
+
+    def step_for(graphdef):
+        return make_train_step(graphdef, tx, seed=config.train.seed, grad_accum_steps=config.train.grad_accum_steps,
+                               partition=partition, state_sharding=jax.tree.map(lambda x: x.sharding, state))
+
+    train_step = step_for(graphdef)
+    if config.model.remat is None and not model.config.remat:
+        limit = memory_limit or device_memory(mesh)
+        if limit and not step_fits(train_step, state, frozen, config, mesh, limit):
+            recompute_blocks(model)
+            graphdef = nnx.graphdef(model)  # the state is the same: remat changes only the program
+            train_step = step_for(graphdef)
     return Steps(graphdef, partition, mesh, frozen, make_predict_step(graphdef, partition),
                  make_nll_step(graphdef, partition), state=state, train_step=train_step, schedule=schedule)
+
+
+def device_memory(mesh) -> int | None:
+    """Bytes a device's allocator may hand out (a TPU's or GPU's); None where it keeps no limit (a
+    CPU) or there is no device behind it (a plan's compile-only devices)."""
+    try:
+        return (mesh.devices.flat[0].memory_stats() or {}).get("bytes_limit")
+    except Exception:  # noqa: BLE001 - compile-only devices raise rather than answer
+        return None
+
+
+def batch_struct(mesh, rows: int, length: int, per_token: bool) -> dict:
+    """A batch's shapes, split over the batch axes as put_batch splits it: what a step is compiled
+    for before any data is read."""
+    split = sharding.batch_sharding(mesh)
+    ids = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=split)
+    labels = ids if per_token else jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=split)
+    return {"input_ids": ids, "attention_mask": ids, "labels": labels}
+
+
+def step_fits(train_step, state, frozen, config, mesh, limit: int) -> bool:
+    """Whether the train step, compiled for the longest batch, needs at most `limit` bytes a
+    device. A TPU's compiler refuses a step over its memory; a GPU's compiles it, and XLA's memory
+    analysis says. Compiled ahead, the step is not compiled again when it first runs."""
+    from gptjax import tasks
+
+    batch = batch_struct(mesh, config.train.batch_size, config.data.max_length, tasks.get(config.task).per_token)
+    with jax.set_mesh(mesh):
+        try:
+            compiled = train_step.lower(state, batch, frozen).compile()
+        except Exception as e:  # noqa: BLE001 - XlaRuntimeError moved between jax releases
+            if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
+                return False
+            raise
+    return memory_total(compiled.memory_analysis()) <= limit
+
+
+def memory_total(analysis) -> int:
+    """Bytes a device holds while a compiled program runs, from XLA's memory analysis: its
+    arguments, outputs and temporaries, less the donated arguments its outputs reuse, and its
+    code where the device keeps it (a TPU)."""
+    return (analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
+            - analysis.alias_size_in_bytes + analysis.generated_code_size_in_bytes)
+
+
+def recompute_blocks(model) -> None:
+    """Turns remat on in a built model: only the layer loop reads it (model.Transformer)."""
+    model.transformer.config = model.transformer.config.replace(remat=True)
+    model.config = model.config.replace(remat=True)
+    logging.getLogger("gptjax").info("model.remat: on, since the train step does not fit the devices' memory "
+                                     "without it (set --config.model.remat=false to keep it off)")
 
 
 def inference_steps(graphdef, partition, mesh, trainable, frozen) -> Steps:

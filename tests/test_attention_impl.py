@@ -28,6 +28,9 @@ from gptjax import attention
 from gptjax.errors import ConfigError
 from gptjax.model import GPT2Config, init_model
 
+# CI's newest-JAX tier has the compilers (gptjax[plan]): these run there.
+pytestmark = pytest.mark.fast
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(vocab_size=128, n_positions=64, n_embd=64, n_layer=2, n_head=2)  # head dim 32
 H100 = (

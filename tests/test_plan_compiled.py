@@ -17,6 +17,9 @@ import pytest
 
 from gptjax.bench import compiled as cp
 
+# CI's newest-JAX tier has the compilers (gptjax[plan]): these run there.
+pytestmark = pytest.mark.fast
+
 ROOT = Path(__file__).resolve().parent.parent
 PLAN_EXTRA = "needs pip install 'gptjax[plan]' (Python >= 3.12)"
 

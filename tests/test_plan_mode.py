@@ -75,28 +75,33 @@ def test_flops_of_a_rolled_layer_loop_are_counted_for_every_layer():
     assert 1.0 < rolled["compiled_flops"] / rolled["model_flops"] < 1.2
 
 
-def test_a_train_step_too_large_is_reported_and_the_levers_find_what_fits(tmp_path, capsys):
-    cfg = small()
+def test_a_train_step_too_large_is_reported_and_the_levers_find_what_fits():
     cpu = targets.get("cpu")
-    whole = program(plan.plan_config(cfg, cpu, programs=("train",), count_flops=False), "train")
+    off = small(model__remat="false")
+    whole = program(plan.plan_config(off, cpu, programs=("train",), count_flops=False), "train")
     remat = program(plan.plan_config(small(model__remat="true"), cpu, programs=("train",), count_flops=False), "train")
     total, with_remat = whole["memory_bytes"]["total"], remat["memory_bytes"]["total"]
     assert with_remat < total
     tight = dataclasses.replace(cpu, memory_bytes=(total + with_remat) // 2)
-    p = plan.plan_config(cfg, tight, programs=("train",), count_flops=False)
+    p = plan.plan_config(off, tight, programs=("train",), count_flops=False)
     assert not p["fits"] and program(p, "train")["headroom_bytes"] < 0
-    assert plan.find_fit(cfg, tight, "demo") == {"model.remat": "true"}
-    fixed = plan.plan_config(validate(apply_overrides(cfg, {"model.remat": "true"})), tight, programs=("train",),
-                             count_flops=False)
+    assert plan.find_fit(off, tight, "demo") == {"model.remat": "true"}
+    fixed = plan.plan_config(small(model__remat="true"), tight, programs=("train",), count_flops=False)
     assert fixed["fits"]
+    # Unset, model.remat is turned on by build_steps itself where the step would not fit otherwise.
+    auto = plan.plan_config(small(), tight, programs=("train",), count_flops=False)
+    assert auto["fits"] and auto["remat"] is True
+    roomy = plan.plan_config(small(), cpu, programs=("train",), count_flops=False)
+    assert roomy["remat"] is False
 
 
 def test_levers_keep_the_global_batch():
-    levers = plan.levers(config(train__batch_size=32))
+    levers = plan.levers(config(train__batch_size=32, model__remat="false"))
     assert levers[0] == {"model.remat": "true"}
     assert levers[1] == {"model.remat": "true", "mesh.data": "1", "mesh.fsdp": "-1"}
     assert [lever.get("train.grad_accum_steps") for lever in levers[2:]] == ["2", "4", "8", "16", "32"]
     assert all(lever["mesh.fsdp"] == "-1" for lever in levers[2:])
+    assert plan.levers(config(train__batch_size=32))[0] == {"mesh.data": "1", "mesh.fsdp": "-1"}  # remat unset
 
 
 def test_plan_mode_exits_3_when_something_does_not_fit_and_writes_its_plan(tmp_path, monkeypatch, capsys):
@@ -173,3 +178,28 @@ def test_a_causal_lm_plans_its_decoding_program():
     p = plan.plan_config(config("lm_demo"), target, count_flops=False)
     assert [r["program"] for r in p["programs"]] == ["train", "eval", "decode"]
     assert program(p, "decode")["fits"] and "estimate" not in program(p, "decode")
+
+
+def test_training_turns_remat_on_only_where_the_step_would_not_fit():
+    """build_steps, as training calls it on a TPU or GPU (whose allocator gives the limit)."""
+    import numpy as np
+
+    from gptjax import partition, sharding
+    from gptjax.model import init_model
+    from gptjax.steps import build_steps
+
+    def built(cfg, limit):
+        s = shapes(cfg)
+        model = partition.adapt(init_model(model_config_of(cfg), s["head"], s["num_labels"]), cfg)
+        mesh = sharding.make_mesh(cfg.mesh)
+        steps = build_steps(cfg, model, mesh, total_steps=10, memory_limit=limit)
+        rng = np.random.default_rng(0)
+        batch = {k: rng.integers(0, 9, (32, 64), dtype=np.int32) for k in ("input_ids", "labels")}
+        batch["attention_mask"] = np.ones((32, 64), np.int32)
+        return model.config.remat, float(steps.train(sharding.put_batch(batch, mesh))["loss"])
+
+    auto, auto_loss = built(config("demo"), limit=1)
+    assert auto is True
+    assert built(config("demo", model__remat="true"), limit=None) == (True, pytest.approx(auto_loss, rel=1e-5))
+    assert built(config("demo"), limit=2**40)[0] is False
+    assert built(config("demo", model__remat="false"), limit=1)[0] is False  # asked for: kept, and the plan says so

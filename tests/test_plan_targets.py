@@ -9,6 +9,9 @@ import pytest
 from gptjax.bench import flops, targets
 from gptjax.errors import ConfigError, SetupError
 
+# CI's newest-JAX tier has the compilers (gptjax[plan]): these run there.
+pytestmark = pytest.mark.fast
+
 GiB = 2**30
 
 # name: (devices, hosts), from the Cloud TPU pages' slice tables: v4 and v5p slices are named by

@@ -13,6 +13,7 @@ import re
 import jax
 import numpy as np
 
+from gptjax.steps import memory_total
 from gptjax.errors import ConfigError
 
 # Bytes per element of each HLO element type; sub-byte types count as fractions, and the many
@@ -54,8 +55,7 @@ def memory(compiled) -> dict[str, int]:
         "generated_code": m.generated_code_size_in_bytes,
     }
     kinds = {k: int(v) for k, v in kinds.items()}
-    kinds["total"] = (kinds["arguments"] + kinds["outputs"] + kinds["temporaries"] - kinds["aliased"]
-                      + kinds["generated_code"])
+    kinds["total"] = memory_total(m)  # what build_steps weighs against a device's memory
     return kinds
 
 

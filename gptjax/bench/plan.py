@@ -51,27 +51,23 @@ def abstract_model(config, model_config, head: str, num_labels):
     return nnx.eval_shape(lambda: partition.adapt(init_model(model_config, head, num_labels), config))
 
 
-def batch_struct(mesh, rows: int, length: int, per_token: bool) -> dict:
-    split = sharding.batch_sharding(mesh)
-    ids = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=split)
-    labels = ids if per_token else jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=split)
-    return {"input_ids": ids, "attention_mask": ids, "labels": labels}
-
-
-def lower_steps(config, model_config, mesh) -> dict:
+def lower_steps(config, model_config, mesh, memory_limit: int | None = None) -> dict:
     """{program name: (jax.stages.Lowered, the parameter and optimizer-state structs)} for the
-    train and eval steps, built by steps.build_steps as training builds them."""
-    from gptjax.steps import build_steps
+    train and eval steps, built by steps.build_steps as training builds them; and "remat": whether
+    the blocks are recomputed (decided there when model.remat is unset)."""
+    from gptjax.steps import batch_struct, build_steps
 
     s = shapes(config)
     model = abstract_model(config, model_config, s["head"], s["num_labels"])
-    steps = build_steps(config, model, mesh, total_steps=1_000_000)  # the schedule's length does not change the step
+    # The schedule's length does not change the step; the target's memory decides an unset model.remat.
+    steps = build_steps(config, model, mesh, total_steps=1_000_000, memory_limit=memory_limit)
     train_batch = batch_struct(mesh, s["batch_size"], s["seq_len"], s["per_token"])
     eval_batch = batch_struct(mesh, s["eval_batch_size"], s["seq_len"], s["per_token"])
     evaluate = steps.nll_step if s["head"] == "causal_lm" else steps.predict_step
     params = (steps.state.params, steps.frozen)
     with jax.set_mesh(mesh):
         return {
+            "remat": model.config.remat,  # build_steps turns an unset model.remat on where it must
             "train": (steps.train_step.lower(steps.state, train_batch, steps.frozen),
                       {"parameters": params, "optimizer": steps.state.opt_state}),
             "eval": (evaluate.lower(steps.state.params, eval_batch, steps.frozen), {"parameters": params}),
@@ -187,7 +183,8 @@ def plan_config(config, target, *, programs=("train", "eval", "decode"), count_f
     mesh = mesh_for(config, target)
     check_batch_sizes(config, mesh)
     s = shapes(config)
-    lowered = lower_steps(config, mc, mesh)
+    lowered = lower_steps(config, mc, mesh, memory_limit=target.memory_bytes)
+    mc = mc.replace(remat=lowered.pop("remat"))
     out = []
     for name in programs:
         if name == "decode":
@@ -199,7 +196,8 @@ def plan_config(config, target, *, programs=("train", "eval", "decode"), count_f
         low, structs = lowered[name]
         rolled = mc.layer_unroll(target.platform) < mc.n_layer
         cost = loop_free_cost(config, mc, mesh, name) if count_flops and rolled else None
-        record = program_record(name, low, structs, target, cost=cost)
+        # A rolled loop uncounted would give a third of the FLOPs and a wrong estimate: none then.
+        record = program_record(name, low, structs, target, cost=cost, timed=count_flops or not rolled)
         rows = s["batch_size"] if name == "train" else s["eval_batch_size"]
         count = train_flops if name == "train" else forward_flops
         record["model_flops"] = count(mc, s["head"], s["num_labels"], rows, s["seq_len"])
@@ -220,11 +218,12 @@ def plan_config(config, target, *, programs=("train", "eval", "decode"), count_f
 
 
 def levers(config) -> list[dict[str, str]]:
-    """Overrides to try in order, each adding to the one before: recompute activations, split the
+    """Overrides to try in order, each adding to the one before: recompute activations (when turned
+    off), split the
     parameters and optimizer state over every device (FSDP), then halve the rows a device takes at
     once, with gradient accumulation keeping the global batch."""
     tried, out = {}, []
-    if not config.model.remat:
+    if config.model.remat is False:  # unset, build_steps has turned it on already where it helps
         tried["model.remat"] = "true"
         out.append(dict(tried))
     if config.mesh.fsdp != -1 and config.mesh.data != 1:

@@ -1,0 +1,113 @@
+"""What fits where: the largest batch of each config's train step on each target, by plan mode.
+
+    python benchmarks/plan_sweep.py --configs=ner,lm --sizes=gpt2,gpt2-medium,gpt2-large,gpt2-xl \
+        --targets=v5e-8,h100 --results=benchmarks/results/plan_sweep.jsonl
+
+Needs gptjax[plan] (Python >= 3.12); no TPU or GPU. For each config, size and target it compiles the
+train step (bfloat16 by default, the config's mesh) at the config's batch, then doubles the batch
+while it fits (up to --max_rows_per_device rows a device), or halves it until it does; where even
+one row a device does not fit, plan mode's levers (bench/plan.py) say what does. Each setting's
+largest fitting plan is appended to --results as a record (estimate: true), and the table is printed
+as README.md's "What fits where" shows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-8")  # quiets libtpu off a TPU VM (cli.py)
+
+from gptjax.bench import plan, records, targets  # noqa: E402
+from gptjax.config import apply_overrides, load_config, validate  # noqa: E402
+from gptjax.errors import ConfigError  # noqa: E402
+
+GiB = 2**30
+
+
+def train_plan(name: str, overrides: dict, target):
+    config = validate(apply_overrides(load_config(name), overrides))
+    try:
+        return plan.plan_config(config, target, programs=("train",), count_flops=False)
+    except ConfigError:  # a batch the mesh does not divide
+        return None
+
+
+def largest_batch(name: str, overrides: dict, target, max_rows: int):
+    """(the largest fitting plan, or None; the plans compiled on the way)."""
+    config = validate(apply_overrides(load_config(name), overrides))
+    rows = max(config.train.batch_size // target.num_devices, 1)
+    best, tried = None, []
+    while True:
+        p = train_plan(name, {**overrides, "train.batch_size": str(rows * target.num_devices),
+                              "train.eval_batch_size": str(rows * target.num_devices)}, target)
+        tried.append(p)
+        fits = p is not None and p["fits"]
+        if fits:
+            best = p
+            if rows * 2 > max_rows:
+                return best, tried
+            rows *= 2
+        elif best is not None or rows == 1:
+            return best, tried
+        else:
+            rows //= 2
+
+
+def row(name, size, target, best, levers, seconds) -> tuple:
+    if best is None:
+        return (name, size, target.name, "-", "-", "-", f"no; {plan._flags(levers) if levers else 'nothing tried fits'}",
+                f"{seconds:.0f}")
+    train = best["programs"][0]
+    return (name, size, target.name, f"{best['batch_size']} x {best['seq_len']}",
+            f"{train['memory_bytes']['total'] / GiB:.1f} / {target.memory_bytes / GiB:.1f}",
+            f"{train['compile_time_s']:.0f}", f"with {plan._flags(levers)}" if levers else "yes", f"{seconds:.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="ner,lm")
+    parser.add_argument("--sizes", default="gpt2,gpt2-medium,gpt2-large,gpt2-xl")
+    parser.add_argument("--targets", default="v5e-8,h100")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--max_rows_per_device", type=int, default=32)
+    parser.add_argument("--results")
+    args = parser.parse_args()
+    header = ("config", "model", "target", "largest batch", "GiB a device (of)", "compile s", "fits", "sweep s")
+    table = []
+    for size in args.sizes.split(","):
+        for name in args.configs.split(","):
+            for target_name in args.targets.split(","):
+                target = targets.get(target_name)
+                overrides = {"model.name_or_path": size, "model.dtype": args.dtype}
+                start = time.perf_counter()
+                best, _ = largest_batch(name, overrides, target, args.max_rows_per_device)
+                levers = None
+                if best is None:
+                    config = validate(apply_overrides(load_config(name), {
+                        **overrides, "train.batch_size": str(target.num_devices),
+                        "train.eval_batch_size": str(target.num_devices)}))
+                    levers = plan.find_fit(config, target, name)
+                    if levers:
+                        best = train_plan(name, {**overrides, **levers, "train.batch_size": str(target.num_devices),
+                                                 "train.eval_batch_size": str(target.num_devices)}, target)
+                seconds = time.perf_counter() - start
+                table.append(row(name, size, target, best, levers, seconds))
+                print("  ".join(map(str, table[-1])), flush=True)
+                if best is not None and args.results:
+                    record = plan.plan_record(best, name)
+                    record["sweep_overrides"] = levers or {}
+                    records.finish(record, None, args.results)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in table:
+        print("| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |")
+
+
+if __name__ == "__main__":
+    main()
