@@ -2,7 +2,7 @@
 
     python benchmarks/install_resolution.py PYTHON [PYTHON ...] > benchmarks/results/install_resolution.md
 
-For every interpreter and every target ('.', '.[cuda12]', '.[cuda13]', '.[tpu]') it runs
+For every interpreter and every target ('.', '.[cuda12]', '.[cuda13]', '.[tpu]', '.[plan]') it runs
 `pip install --dry-run --ignore-installed --report` in the checkout (metadata only: nothing is
 downloaded but the wheels' metadata, nothing installed) and tabulates the JAX family's versions.
 """
@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = (".", ".[cuda12]", ".[cuda13]", ".[tpu]")
+TARGETS = (".", ".[cuda12]", ".[cuda13]", ".[tpu]", ".[plan]")
 SHOWN = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin", "jax-cuda13-pjrt", "libtpu",
          "flax", "optax", "orbax-checkpoint")
 

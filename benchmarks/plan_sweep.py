@@ -1,12 +1,11 @@
 """What fits where: the largest batch of each config's train step on each target, by plan mode.
 
     python benchmarks/plan_sweep.py --configs=ner,lm --sizes=gpt2,gpt2-medium,gpt2-large,gpt2-xl \
-        --targets=v5e-8,h100 --results=benchmarks/results/plan_sweep.jsonl
+        --targets=v5e-8,h100x8 --results=benchmarks/results/plan_sweep.jsonl
 
 Needs gptjax[plan] (Python >= 3.12); no TPU or GPU. For each config, size and target it compiles the
-train step (bfloat16 by default, the config's mesh) at the config's batch, then doubles the batch
-while it fits (up to --max_rows_per_device rows a device), or halves it until it does; where even
-one row a device does not fit, plan mode's levers (bench/plan.py) say what does. Each setting's
+train step (bfloat16 by default, the config's mesh) at --max_rows_per_device rows a device, halving
+them until it fits; where even one row a device does not fit, plan mode's levers (bench/plan.py) say what does. Each setting's
 largest fitting plan is appended to --results as a record (estimate: true), and the table is printed
 as README.md's "What fits where" shows it.
 """
@@ -38,24 +37,16 @@ def train_plan(name: str, overrides: dict, target):
 
 
 def largest_batch(name: str, overrides: dict, target, max_rows: int):
-    """(the largest fitting plan, or None; the plans compiled on the way)."""
-    config = validate(apply_overrides(load_config(name), overrides))
-    rows = max(config.train.batch_size // target.num_devices, 1)
-    best, tried = None, []
-    while True:
+    """The plan at the largest batch that fits, of max_rows rows a device halved until one fits
+    (None if not even one row does)."""
+    rows = max_rows
+    while rows >= 1:
         p = train_plan(name, {**overrides, "train.batch_size": str(rows * target.num_devices),
                               "train.eval_batch_size": str(rows * target.num_devices)}, target)
-        tried.append(p)
-        fits = p is not None and p["fits"]
-        if fits:
-            best = p
-            if rows * 2 > max_rows:
-                return best, tried
-            rows *= 2
-        elif best is not None or rows == 1:
-            return best, tried
-        else:
-            rows //= 2
+        if p is not None and p["fits"]:
+            return p
+        rows //= 2
+    return None
 
 
 def row(name, size, target, best, levers, seconds) -> tuple:
@@ -72,9 +63,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="ner,lm")
     parser.add_argument("--sizes", default="gpt2,gpt2-medium,gpt2-large,gpt2-xl")
-    parser.add_argument("--targets", default="v5e-8,h100")
+    parser.add_argument("--targets", default="v5e-8,h100x8")
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--max_rows_per_device", type=int, default=32)
+    parser.add_argument("--max_rows_per_device", type=int, default=16)
     parser.add_argument("--results")
     args = parser.parse_args()
     header = ("config", "model", "target", "largest batch", "GiB a device (of)", "compile s", "fits", "sweep s")
@@ -85,7 +76,7 @@ def main() -> None:
                 target = targets.get(target_name)
                 overrides = {"model.name_or_path": size, "model.dtype": args.dtype}
                 start = time.perf_counter()
-                best, _ = largest_batch(name, overrides, target, args.max_rows_per_device)
+                best = largest_batch(name, overrides, target, args.max_rows_per_device)
                 levers = None
                 if best is None:
                     config = validate(apply_overrides(load_config(name), {

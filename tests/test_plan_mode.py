@@ -96,12 +96,13 @@ def test_a_train_step_too_large_is_reported_and_the_levers_find_what_fits():
 
 
 def test_levers_keep_the_global_batch():
-    levers = plan.levers(config(train__batch_size=32, model__remat="false"))
+    levers = plan.levers(config(train__batch_size=32, model__remat="false"), num_devices=4)
     assert levers[0] == {"model.remat": "true"}
     assert levers[1] == {"model.remat": "true", "mesh.data": "1", "mesh.fsdp": "-1"}
-    assert [lever.get("train.grad_accum_steps") for lever in levers[2:]] == ["2", "4", "8", "16", "32"]
+    # 8 rows a device: micro-batches of 4, 2 and 1 rows.
+    assert [lever.get("train.grad_accum_steps") for lever in levers[2:]] == ["2", "4", "8"]
     assert all(lever["mesh.fsdp"] == "-1" for lever in levers[2:])
-    assert plan.levers(config(train__batch_size=32))[0] == {"mesh.data": "1", "mesh.fsdp": "-1"}  # remat unset
+    assert plan.levers(config(train__batch_size=32), num_devices=4)[0] == {"mesh.data": "1", "mesh.fsdp": "-1"}
 
 
 def test_plan_mode_exits_3_when_something_does_not_fit_and_writes_its_plan(tmp_path, monkeypatch, capsys):

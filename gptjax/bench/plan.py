@@ -217,11 +217,10 @@ def plan_config(config, target, *, programs=("train", "eval", "decode"), count_f
 # When it does not fit
 
 
-def levers(config) -> list[dict[str, str]]:
-    """Overrides to try in order, each adding to the one before: recompute activations (when turned
-    off), split the
-    parameters and optimizer state over every device (FSDP), then halve the rows a device takes at
-    once, with gradient accumulation keeping the global batch."""
+def levers(config, num_devices: int) -> list[dict[str, str]]:
+    """Overrides to try in order, each adding to the one before: recompute activations (where
+    turned off), split parameters and optimizer state over every device (FSDP), then halve the rows
+    a device takes at once, with gradient accumulation keeping the global batch."""
     tried, out = {}, []
     if config.model.remat is False:  # unset, build_steps has turned it on already where it helps
         tried["model.remat"] = "true"
@@ -229,8 +228,9 @@ def levers(config) -> list[dict[str, str]]:
     if config.mesh.fsdp != -1 and config.mesh.data != 1:
         tried.update({"mesh.data": "1", "mesh.fsdp": "-1"})
         out.append(dict(tried))
-    accum, batch = config.train.grad_accum_steps, config.train.batch_size
-    while batch % (accum * 2) == 0 and accum * 2 <= batch:
+    # Each device splits its own rows into the micro-batches (steps.make_train_step).
+    accum, rows = config.train.grad_accum_steps, max(config.train.batch_size // num_devices, 1)
+    while rows % (accum * 2) == 0:
         accum *= 2
         out.append({**tried, "train.grad_accum_steps": str(accum)})
     return out
@@ -240,7 +240,7 @@ def find_fit(config, target, config_name) -> dict[str, str] | None:
     """The first lever (levers()) whose train step fits, or None."""
     from gptjax.config import apply_overrides, validate
 
-    for overrides in levers(config):
+    for overrides in levers(config, target.num_devices):
         try:
             candidate = validate(apply_overrides(config.copy_and_resolve_references(), overrides))
             plan = plan_config(candidate, target, programs=("train",), count_flops=False)
