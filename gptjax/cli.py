@@ -182,11 +182,22 @@ def _compare(argv) -> bool:
     return True
 
 
+def accelerator_attached() -> bool:
+    """Whether the machine shows an NVIDIA GPU, a TPU or an AMD GPU to its processes."""
+    import glob
+
+    return any(glob.glob(pattern) for pattern in ("/dev/nvidia[0-9]*", "/dev/accel*", "/dev/vfio/[0-9]*", "/dev/kfd"))
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if _compare(argv):
         return
     args, overrides = parse_args(argv)
+    if not accelerator_attached():
+        # JAX would pick the CPU anyway, but first start every plugin installed (gptjax[plan]'s CUDA
+        # plugin and libtpu), which fail here with a page of tracebacks.
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if args.mode == "plan":
         # The target's compiler runs on this host; without this the CUDA plugin would try to start
         # a GPU here, and libtpu a TPU.

@@ -204,3 +204,21 @@ def test_training_turns_remat_on_only_where_the_step_would_not_fit():
     assert built(config("demo", model__remat="true"), limit=None) == (True, pytest.approx(auto_loss, rel=1e-5))
     assert built(config("demo"), limit=2**40)[0] is False
     assert built(config("demo", model__remat="false"), limit=1)[0] is False  # asked for: kept, and the plan says so
+
+
+@pytest.mark.fast
+def test_the_command_starts_no_plugin_on_a_machine_without_an_accelerator(tmp_path):
+    """With gptjax[plan] installed (CI's newest-JAX tier), JAX would start the CUDA plugin and
+    libtpu, which fail on this machine with pages of tracebacks."""
+    import os
+
+    from gptjax.cli import accelerator_attached
+
+    if accelerator_attached():
+        pytest.skip("this machine shows an accelerator")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    run = subprocess.run([sys.executable, "-m", "gptjax", "--config=demo", f"--workdir={tmp_path}",
+                          "--config.train.max_steps=1", "--config.train.num_epochs=1"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "plugin" not in run.stderr.lower(), run.stderr[:2000]
