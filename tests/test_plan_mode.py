@@ -222,3 +222,15 @@ def test_the_command_starts_no_plugin_on_a_machine_without_an_accelerator(tmp_pa
                          capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "Traceback" not in run.stderr and "plugin" not in run.stderr.lower(), run.stderr[:2000]
+
+
+@pytest.mark.fast
+def test_cudnn_attention_without_cudnn_here_says_what_it_needs():
+    from gptjax.errors import SetupError
+
+    target = compiler("h100")
+    if plan.cudnn_loadable():
+        pytest.skip("cuDNN is installed here: the plan compiles cuDNN's attention")
+    cfg = config("demo", model__attention="cudnn", model__dtype="bfloat16", model__dropout=0)
+    with pytest.raises(SetupError, match="attention=xla"):
+        plan.plan_config(cfg, target)

@@ -60,7 +60,9 @@ def lower_steps(config, model_config, mesh, memory_limit: int | None = None) -> 
     s = shapes(config)
     model = abstract_model(config, model_config, s["head"], s["num_labels"])
     # The schedule's length does not change the step; the target's memory decides an unset model.remat.
+    start = time.perf_counter()
     steps = build_steps(config, model, mesh, total_steps=1_000_000, memory_limit=memory_limit)
+    built = time.perf_counter() - start  # with an unset model.remat, the train step compiled here
     train_batch = batch_struct(mesh, s["batch_size"], s["seq_len"], s["per_token"])
     eval_batch = batch_struct(mesh, s["eval_batch_size"], s["seq_len"], s["per_token"])
     evaluate = steps.nll_step if s["head"] == "causal_lm" else steps.predict_step
@@ -68,6 +70,7 @@ def lower_steps(config, model_config, mesh, memory_limit: int | None = None) -> 
     with jax.set_mesh(mesh):
         return {
             "remat": model.config.remat,  # build_steps turns an unset model.remat on where it must
+            "build_s": built,
             "train": (steps.train_step.lower(steps.state, train_batch, steps.frozen),
                       {"parameters": params, "optimizer": steps.state.opt_state}),
             "eval": (evaluate.lower(steps.state.params, eval_batch, steps.frozen), {"parameters": params}),
@@ -171,6 +174,17 @@ def program_record(name: str, lowered, structs: dict, target, *, cost=None, time
 # The plan of a config
 
 
+def cudnn_loadable() -> bool:
+    """Whether JAX finds a cuDNN library here, as compiling cuDNN's attention needs."""
+    try:
+        from jax._src.cudnn.fused_attention_stablehlo import check_cudnn_version
+
+        check_cudnn_version()
+        return True
+    except Exception:  # noqa: BLE001 - no library, or one JAX cannot read
+        return False
+
+
 def mesh_for(config, target):
     return sharding.make_mesh(config.mesh, targets.devices(target))
 
@@ -180,11 +194,17 @@ def plan_config(config, target, *, programs=("train", "eval", "decode"), count_f
     from gptjax.steps import check_batch_sizes
 
     mc = model_config_of(config)
+    if target.platform == "gpu" and mc.attention == "cudnn" and not cudnn_loadable():
+        raise SetupError(f"model.attention='cudnn' on --target={target.name}: compiling cuDNN's attention for a GPU "
+                         "that is not attached needs cuDNN's own libraries (nvidia-cudnn-cu13 >= 9.15, < 9.28, with "
+                         "cuBLAS and NVRTC) and a CUDA driver library, which gptjax[plan] does not bring; plan with "
+                         "--config.model.attention=xla instead (XLA's attention keeps more memory than cuDNN's)")
     mesh = mesh_for(config, target)
     check_batch_sizes(config, mesh)
     s = shapes(config)
     lowered = lower_steps(config, mc, mesh, memory_limit=target.memory_bytes)
     mc = mc.replace(remat=lowered.pop("remat"))
+    build_s = lowered.pop("build_s")
     out = []
     for name in programs:
         if name == "decode":
@@ -198,6 +218,8 @@ def plan_config(config, target, *, programs=("train", "eval", "decode"), count_f
         cost = loop_free_cost(config, mc, mesh, name) if count_flops and rolled else None
         # A rolled loop uncounted would give a third of the FLOPs and a wrong estimate: none then.
         record = program_record(name, low, structs, target, cost=cost, timed=count_flops or not rolled)
+        if name == "train":  # the compiles build_steps made to decide remat count too
+            record["compile_time_s"] = round(record["compile_time_s"] + build_s, 2)
         rows = s["batch_size"] if name == "train" else s["eval_batch_size"]
         count = train_flops if name == "train" else forward_flops
         record["model_flops"] = count(mc, s["head"], s["num_labels"], rows, s["seq_len"])
