@@ -433,7 +433,7 @@ def test_sigterm_during_predict_leaves_no_partial_output(world, tmp_path):
 def test_ctrl_c_during_set_up_is_one_line(world, tmp_path, monkeypatch, capsys):
     from gptjax import experiment
 
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(experiment, "prepare", interrupted)
