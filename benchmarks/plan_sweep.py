@@ -49,14 +49,24 @@ def largest_batch(name: str, overrides: dict, target, max_rows: int):
     return None
 
 
-def row(name, size, target, best, levers, seconds) -> tuple:
-    if best is None:
-        return (name, size, target.name, "-", "-", "-", f"no; {plan._flags(levers) if levers else 'nothing tried fits'}",
-                f"{seconds:.0f}")
-    train = best["programs"][0]
-    return (name, size, target.name, f"{best['batch_size']} x {best['seq_len']}",
-            f"{train['memory_bytes']['total'] / GiB:.1f} / {target.memory_bytes / GiB:.1f}",
-            f"{train['compile_time_s']:.0f}", f"with {plan._flags(levers)}" if levers else "yes", f"{seconds:.0f}")
+HEADER = ("config", "model", "target", "largest batch", "remat", "GiB a device (of)", "compile s", "fits")
+
+
+def row(record: dict) -> tuple:
+    """A README row from a sweep record (plan.plan_record's, with the levers it needed)."""
+    target = targets.get(record["target"])
+    levers = record.get("sweep_overrides") or {}
+    return (record["config"], record["model"], target.name, f"{record['batch_size']} x {record['seq_len']}",
+            "on" if record["remat"] else "off",
+            f"{record['peak_memory_bytes'] / GiB:.1f} / {target.memory_bytes / GiB:.1f}",
+            f"{record['compile_time_s']:.0f}", f"with {plan._flags(levers)}" if levers else "yes")
+
+
+def markdown(rows) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(HEADER, *rows)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(HEADER, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |" for r in rows])
 
 
 def main() -> None:
@@ -67,9 +77,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--max_rows_per_device", type=int, default=16)
     parser.add_argument("--results")
+    parser.add_argument("--table", help="print the table of the records in this file, compiling nothing")
     args = parser.parse_args()
-    header = ("config", "model", "target", "largest batch", "GiB a device (of)", "compile s", "fits", "sweep s")
-    table = []
+    if args.table:
+        print(markdown([row(r) for r in records.load_records([args.table])]))
+        return
+    rows = []
     for size in args.sizes.split(","):
         for name in args.configs.split(","):
             for target_name in args.targets.split(","):
@@ -86,18 +99,16 @@ def main() -> None:
                     if levers:
                         best = train_plan(name, {**overrides, **levers, "train.batch_size": str(target.num_devices),
                                                  "train.eval_batch_size": str(target.num_devices)}, target)
-                seconds = time.perf_counter() - start
-                table.append(row(name, size, target, best, levers, seconds))
-                print("  ".join(map(str, table[-1])), flush=True)
-                if best is not None and args.results:
-                    record = plan.plan_record(best, name)
-                    record["sweep_overrides"] = levers or {}
+                if best is None:
+                    print(f"{name} {size} {target.name}: nothing tried fits ({time.perf_counter() - start:.0f} s)")
+                    continue
+                record = plan.plan_record(best, name)
+                record["sweep_overrides"] = levers or {}
+                if args.results:
                     records.finish(record, None, args.results)
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in table:
-        print("| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |")
+                rows.append(row(record))
+                print("  ".join(map(str, rows[-1])), f"({time.perf_counter() - start:.0f} s)", flush=True)
+    print(markdown(rows))
 
 
 if __name__ == "__main__":
