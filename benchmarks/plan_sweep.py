@@ -2,12 +2,14 @@
 
     python benchmarks/plan_sweep.py --configs=ner,lm --sizes=gpt2,gpt2-medium,gpt2-large,gpt2-xl \
         --targets=v5e-8,h100x8 --results=benchmarks/results/plan_sweep.jsonl
+    python benchmarks/plan_sweep.py --table=benchmarks/results/plan_sweep.jsonl   # README's table
 
 Needs gptjax[plan] (Python >= 3.12); no TPU or GPU. For each config, size and target it compiles the
-train step (bfloat16 by default, the config's mesh) at --max_rows_per_device rows a device, halving
-them until it fits; where even one row a device does not fit, plan mode's levers (bench/plan.py) say what does. Each setting's
-largest fitting plan is appended to --results as a record (estimate: true), and the table is printed
-as README.md's "What fits where" shows it.
+train step (bfloat16 by default, the config's mesh, model.remat decided as training decides it) at
+--max_rows_per_device rows a device, halving them until it fits. Where not even one row a device
+fits, plan mode's levers (bench/plan.py) say what does, and the largest batch is searched again
+with them. Each setting's largest fitting plan is appended to --results as a record (estimate:
+true).
 """
 
 from __future__ import annotations
@@ -96,9 +98,8 @@ def main() -> None:
                         **overrides, "train.batch_size": str(target.num_devices),
                         "train.eval_batch_size": str(target.num_devices)}))
                     levers = plan.find_fit(config, target, name)
-                    if levers:
-                        best = train_plan(name, {**overrides, **levers, "train.batch_size": str(target.num_devices),
-                                                 "train.eval_batch_size": str(target.num_devices)}, target)
+                    if levers:  # the largest batch with them
+                        best = largest_batch(name, {**overrides, **levers}, target, args.max_rows_per_device)
                 if best is None:
                     print(f"{name} {size} {target.name}: nothing tried fits ({time.perf_counter() - start:.0f} s)")
                     continue
