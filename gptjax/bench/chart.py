@@ -10,6 +10,7 @@ fastest), so the image stays a readable size however many records the files hold
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -169,7 +170,9 @@ def _draw_panel(ax, panel: str, panel_rows: list) -> None:
         from matplotlib import ticker
 
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+        # 1, 2, 5 in each decade where there are few; past four decades, the decades alone.
+        decades = math.log10(max(highs) / max(min(lows), 1e-9))
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5) if decades <= 4 else (1,)))
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ys = [i for i, _ in bars]
