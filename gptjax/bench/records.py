@@ -56,8 +56,16 @@ RECORD_FIELDS = {
     "compilations_after_warmup": "XLA compilations while the timed steps ran (0: nothing recompiled)",
     "eval": "the eval step (predict) on eval_batch_size rows: compile_time_s, step_time_ms, tokens_per_sec",
     "timestamp": "UTC, when the record was written",
-    "estimate": "true for plan mode's records (bench/plan.py): tokens_per_sec and step_time_ms are a roofline "
-                "estimate from the program compiled for a target, never a measurement",
+}
+
+# A plan's record (bench/plan.py, --mode=plan) has these fields besides, or in place of, the ones above.
+PLAN_FIELDS = {
+    "estimate": "true: tokens_per_sec and step_time_ms are a roofline estimate from the program compiled for a "
+                "target, never a measurement",
+    "target": "the target the train step was compiled for (bench/targets.py)",
+    "fits": "whether the train step fits the target's device memory",
+    "peak_memory_bytes": "XLA's memory analysis of the train step compiled for the target, a device",
+    "compiled_flops": "the compiler's FLOPs of a train step, a device, every layer counted",
 }
 
 
