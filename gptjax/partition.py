@@ -87,8 +87,9 @@ class Partition:
             path = tuple(_key(p) for p in path)
             role = self.role(path, variable)
             if role == "split":
-                value, f = variable[...], self.frozen_layers
-                frozen[path], trainable[path] = variable.replace(value[:f]), variable.replace(value[f:])
+                value, f = variable.get_value(), self.frozen_layers
+                frozen[path], trainable[path] = (variable.replace(_layers(value, slice(None, f))),
+                                                 variable.replace(_layers(value, slice(f, None))))
             else:
                 (trainable if role == "train" else frozen)[path] = variable
         return nnx.from_flat_state(trainable), nnx.from_flat_state(frozen)
@@ -107,6 +108,15 @@ class Partition:
 
 
 FULL = Partition()
+
+
+def _layers(value, rows: slice):
+    """value[rows], or for an abstract value (a plan's jax.ShapeDtypeStruct) the same slice's
+    shape, with its sharding: the layer axis is never split over the mesh."""
+    if isinstance(value, jax.ShapeDtypeStruct):
+        n = len(range(*rows.indices(value.shape[0])))
+        return jax.ShapeDtypeStruct((n, *value.shape[1:]), value.dtype, sharding=value.sharding)
+    return value[rows]
 
 
 def config_partition(config, model: GPT2) -> Partition:

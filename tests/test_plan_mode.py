@@ -234,3 +234,11 @@ def test_cudnn_attention_without_cudnn_here_says_what_it_needs():
     cfg = config("demo", model__attention="cudnn", model__dtype="bfloat16", model__dropout=0)
     with pytest.raises(SetupError, match="attention=xla"):
         plan.plan_config(cfg, target)
+
+
+@pytest.mark.parametrize("overrides", [{"train__freeze": "top_k", "train__trainable_blocks": 1}, {"lora__rank": 4}])
+def test_freezing_and_lora_plan_a_smaller_optimizer_state(overrides):
+    cpu = targets.get("cpu")
+    full = program(plan.plan_config(small(), cpu, programs=("train",), count_flops=False), "train")
+    part = program(plan.plan_config(small(**overrides), cpu, programs=("train",), count_flops=False), "train")
+    assert part["fits"] and part["memory_bytes"]["optimizer"] < full["memory_bytes"]["optimizer"] / 2
