@@ -51,7 +51,7 @@ def largest_batch(name: str, overrides: dict, target, max_rows: int):
     return None
 
 
-HEADER = ("config", "model", "target", "largest batch", "remat", "GiB a device (of)", "compile s", "fits")
+HEADER = ("config", "model", "target", "largest batch", "remat", "GiB a device (of)", "fits")
 
 
 def row(record: dict) -> tuple:
@@ -61,7 +61,7 @@ def row(record: dict) -> tuple:
     return (record["config"], record["model"], target.name, f"{record['batch_size']} x {record['seq_len']}",
             "on" if record["remat"] else "off",
             f"{record['peak_memory_bytes'] / GiB:.1f} / {target.memory_bytes / GiB:.1f}",
-            f"{record['compile_time_s']:.0f}", f"with {plan._flags(levers)}" if levers else "yes")
+            f"with {plan._flags(levers)}" if levers else "yes")
 
 
 def markdown(rows) -> str:
@@ -97,7 +97,7 @@ def main() -> None:
                     config = validate(apply_overrides(load_config(name), {
                         **overrides, "train.batch_size": str(target.num_devices),
                         "train.eval_batch_size": str(target.num_devices)}))
-                    levers = plan.find_fit(config, target, name)
+                    levers = plan.find_fit(config, target)
                     if levers:  # the largest batch with them
                         best = largest_batch(name, {**overrides, **levers}, target, args.max_rows_per_device)
                 if best is None:

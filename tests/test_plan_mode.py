@@ -85,7 +85,7 @@ def test_a_train_step_too_large_is_reported_and_the_levers_find_what_fits():
     tight = dataclasses.replace(cpu, memory_bytes=(total + with_remat) // 2)
     p = plan.plan_config(off, tight, programs=("train",), count_flops=False)
     assert not p["fits"] and program(p, "train")["headroom_bytes"] < 0
-    assert plan.find_fit(off, tight, "demo") == {"model.remat": "true"}
+    assert plan.find_fit(off, tight) == {"model.remat": "true"}
     fixed = plan.plan_config(small(model__remat="true"), tight, programs=("train",), count_flops=False)
     assert fixed["fits"]
     # Unset, model.remat is turned on by build_steps itself where the step would not fit otherwise.

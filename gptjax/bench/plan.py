@@ -258,7 +258,7 @@ def levers(config, num_devices: int) -> list[dict[str, str]]:
     return out
 
 
-def find_fit(config, target, config_name) -> dict[str, str] | None:
+def find_fit(config, target) -> dict[str, str] | None:
     """The first lever (levers()) whose train step fits, or None."""
     from gptjax.config import apply_overrides, validate
 
@@ -354,7 +354,7 @@ def run(config, workdir, target_name: str, *, config_name: str = "", results: st
     print(format_plan(plan))
     if not plan["fits"]:
         log.info("the train step does not fit on %s: trying the levers in turn ...", target.name)
-        found = find_fit(config, target, config_name)
+        found = find_fit(config, target)
         plan["suggested_overrides"] = found
         if found:
             print(f"fits with: {_flags(found)}")
@@ -362,7 +362,6 @@ def run(config, workdir, target_name: str, *, config_name: str = "", results: st
             print(f"nothing tried fits on {target.name}: a smaller model, a shorter data.max_length, or more devices")
     Path(workdir).mkdir(parents=True, exist_ok=True)
     (Path(workdir) / "plan.json").write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    record = records.finish(plan_record(plan, config_name), None, results)
-    del record
+    records.finish(plan_record(plan, config_name), None, results)
     return 0 if plan["fits"] else DOES_NOT_FIT
 
